@@ -1,0 +1,244 @@
+"""The `radbridge` command. Output carries ids, states and counts; content only with --decrypt, audited."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Optional, TypeVar
+
+import typer
+
+from engine import __version__
+from engine.config import lint as lint_paths
+from engine.config import load_project
+from engine.core.errors import ConfigError, RadbridgeError
+
+app = typer.Typer(help="radbridge: HL7/FHIR integration engine for AI radiology.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+keys_app = typer.Typer(help="Key material: create, inspect.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: verify the chain, read recent entries.", no_args_is_help=True)
+messages_app = typer.Typer(help="Stored messages: list, show.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(messages_app, name="messages")
+
+ROOT = typer.Option(Path("."), "--root", "-r", help="Project folder (holds config/, channels/, mappings/).")
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"radbridge: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """One-line errors for what the engine raises on purpose; config errors list every diagnostic."""
+    try:
+        return action()
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
+    except RadbridgeError as exc:
+        _fail(str(exc))
+    except LookupError as exc:
+        _fail(str(exc.args[0]) if exc.args else "not found")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _actor() -> str:
+    return f"user:{getpass.getuser()}"
+
+
+def _context(root: Path):  # type: ignore[no-untyped-def]
+    from engine.runtime.context import open_context
+
+    return _guard(lambda: open_context(root))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def run(root: Path = ROOT) -> None:
+    """Start the engine in the foreground on the project's configuration; prints what it listens on."""
+    from engine.runtime.context import open_context
+    from engine.runtime.serve import serve
+
+    _setup_logging()
+    ctx = _guard(lambda: open_context(root, create_dev_key=True))
+    try:
+        asyncio.run(serve(ctx, announce=lambda line: typer.echo(line)))
+    finally:
+        ctx.close()
+
+
+@app.command()
+def lint(paths: list[Path] = typer.Argument(None, help="Files or folders; default: the whole project."),
+         root: Path = ROOT) -> None:
+    """Check engine, channel and mapping files without starting anything; prints file:line:col: message."""
+    diagnostics = lint_paths(paths or [], root=root)
+    for d in diagnostics:
+        typer.echo(str(d))
+    if diagnostics:
+        typer.echo(f"{len(diagnostics)} problem(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok")
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+@keys_app.command("init")
+def keys_init(root: Path = ROOT, force: bool = typer.Option(False, help="Replace an existing key file.")) -> None:
+    """Create a production keyring at the configured key file (mode 0600)."""
+    from engine.security import keyring
+    from engine.runtime.context import _under
+
+    project = _guard(lambda: load_project(root))
+    if project.engine.keys.source != "file":
+        _fail("keys.source is not 'file'; put the keyring JSON in the environment variable instead")
+    path = _under(project.root, project.engine.keys.file)
+    ring = keyring.generate(dev=False)
+    _guard(lambda: keyring.write_file(ring, path, replace=force))
+    typer.echo(f"created keyring {path} (KEK {ring.kek_id} v{ring.kek_active}, signing key {ring.signing_key_id})")
+    typer.echo("back it up apart from the data: without it, nothing stored can be read")
+
+
+@keys_app.command("status")
+def keys_status(root: Path = ROOT) -> None:
+    """Show key versions, ages and how many records each KEK version wraps (never key material)."""
+    from sqlalchemy import func, select
+
+    from engine.store.tables import DataKeyRow
+
+    ctx = _context(root)
+    try:
+        info = ctx.keyring.describe()
+        table = DataKeyRow.__table__
+        with ctx.db.connect() as conn:
+            counts = dict(conn.execute(select(table.c.kek_version, func.count()).group_by(table.c.kek_version)).all())
+        typer.echo(f"keyring: {info['source']}{'  (DEVELOPMENT KEY: not for patient data)' if info['dev'] else ''}")
+        typer.echo(f"checkpoint signing key: {info['signing_key_id']}")
+        for version, meta in sorted(info["kek_versions"].items()):  # type: ignore[union-attr]
+            mark = " active" if version == info["kek_active"] else ""
+            state = " retired" if meta["retired"] else ""
+            typer.echo(f"KEK {info['kek_id']} v{version}{mark}{state}: created {meta['created_at']}, "
+                       f"wraps {counts.get(version, 0)} record(s)")
+    finally:
+        ctx.close()
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(root: Path = ROOT) -> None:
+    """Check every node's hash chain and signed checkpoints; exit 1 at the first broken entry."""
+    from engine.audit.verify import verify
+
+    ctx = _context(root)
+    try:
+        result = verify(ctx.db, ctx.keyring.verify_key, ctx.keyring.signing_key_id)
+        outcome = "success" if result.ok else "failure"
+        ctx.audit.record("audit.verified", actor=_actor(), outcome=outcome)
+    finally:
+        ctx.close()
+    if not result.ok:
+        typer.echo(f"audit: BROKEN: {result.problem}")
+        raise typer.Exit(1)
+    typer.echo(f"audit: OK: {result.entries} entries on {len(result.nodes)} node(s), {result.checkpoints} signed "
+               f"checkpoint(s), last {result.last_checkpoint or 'never'}")
+
+
+@audit_app.command("tail")
+def audit_tail(root: Path = ROOT, lines: int = typer.Option(20, "-n", help="How many entries.")) -> None:
+    """Print the newest entries: who, what, which record ids, outcome (details stay sealed)."""
+    from sqlalchemy import select
+
+    from engine.store.tables import AuditRow
+
+    ctx = _context(root)
+    try:
+        table = AuditRow.__table__
+        with ctx.db.connect() as conn:
+            rows = conn.execute(select(table).order_by(table.c.ts.desc(), table.c.seq.desc()).limit(lines)).all()
+    finally:
+        ctx.close()
+    for r in reversed(rows):
+        ids = ",".join(json.loads(r.record_ids)) or "-"
+        typer.echo(f"{r.node}#{r.seq} {r.ts} {r.actor} {r.action} {r.outcome} records={ids}"
+                   f"{' purpose=' + r.purpose if r.purpose else ''}{' peer=' + r.peer if r.peer else ''}")
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+@messages_app.command("list")
+def messages_list(
+    root: Path = ROOT,
+    channel: Optional[str] = typer.Option(None, help="Only this channel."),
+    status: Optional[str] = typer.Option(None, help="Only this status (received, queued, sent, error, dead, ...)."),
+    accession: Optional[str] = typer.Option(None, help="Find by accession number (matched by blind index)."),
+    mrn: Optional[str] = typer.Option(None, help="Find by patient identifier (matched by blind index)."),
+    limit: int = typer.Option(50, help="At most this many, newest first."),
+) -> None:
+    """List messages: id, channel, kind, status, size, per-destination states. Never content."""
+    ctx = _context(root)
+    try:
+        index = None
+        if accession or mrn:
+            kind, value = ("accession", accession) if accession else ("mrn", mrn)
+            index = (kind, ctx.index(kind, value or ""))
+            ctx.audit.record("message.searched", actor=_actor(), indexes={kind: index[1]})
+        found = ctx.messages.list(channel=channel, status=status, index=index, limit=limit)
+    finally:
+        ctx.close()
+    for m in found:
+        deliveries = " ".join(f"{d}={s}/{n}" for d, s, n in m.deliveries) or "-"
+        typer.echo(f"{m.id} {m.received_at:%Y-%m-%dT%H:%M:%SZ} {m.channel} {m.kind} {m.status} {m.size}B {deliveries}")
+
+
+@messages_app.command("show")
+def messages_show(
+    message_id: str,
+    root: Path = ROOT,
+    decrypt: bool = typer.Option(False, "--decrypt", help="Print the decrypted content (audited)."),
+    part: str = typer.Option("raw", help="Which part: raw, transformed, sent:<dest>, response:<dest>."),
+    reason: str = typer.Option("operations", help="Purpose of use, recorded in the audit entry."),
+) -> None:
+    """Show a message's metadata; with --decrypt also its content, recording the access in the audit log."""
+    ctx = _context(root)
+    try:
+        view = ctx.messages.get(message_id)
+        if view is None:
+            _fail(f"no message {message_id}")
+        typer.echo(f"id: {view.id}\nchannel: {view.channel}\ndirection: {view.direction}\nkind: {view.kind}\n"
+                   f"status: {view.status}\nreceived: {view.received_at.isoformat()}\nupdated: {view.updated_at.isoformat()}\n"
+                   f"size: {view.size}\nconfig: {view.config_hash}\nparts: {', '.join(view.parts)}")
+        for destination, state, attempts in view.deliveries:
+            typer.echo(f"delivery {destination}: {state} after {attempts} attempt(s)")
+        if view.error:
+            typer.echo(f"error: {view.error}")
+        if decrypt:
+            content = _guard(lambda: ctx.messages.read(message_id, part))
+            ctx.audit.record("message.viewed", actor=_actor(), purpose=reason, record_ids=[message_id],
+                             detail={"part": part})
+            typer.echo(f"--- {part} (decrypted; access recorded) ---")
+            typer.echo(content.decode("utf-8", errors="replace").replace("\r", "\n"))
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,261 @@
+"""Pydantic models for config/engine.yaml, channels/*.yaml and mappings/*.yaml.
+
+Every model forbids extra keys (a typo must fail lint, not be ignored) and every field has a
+description: the descriptions are the reference documentation. Unions are avoided on purpose
+so that each validation error's location is a real path in the YAML document.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+SLUG = r"^[a-z0-9][a-z0-9._-]*$"
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+
+
+def invalid(message: str) -> PydanticCustomError:
+    """An error whose message completes "'<key>' ..." in a diagnostic; must not contain the value."""
+    return PydanticCustomError("invalid", message)
+
+
+def _relative(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts:
+        raise invalid("must be a path relative to the project root (no leading '/', no '..')")
+    return value
+
+
+RelPath = Annotated[str, AfterValidator(_relative)]
+
+
+def default_node_id() -> str:
+    """The host name, lower-cased and reduced to slug characters."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", socket.gethostname().lower()).strip("-._")
+    return name or "node"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- config/engine.yaml ----------------------------------------------------------------------
+
+
+class NodeConfig(Strict):
+    id: str = Field(
+        default_factory=default_node_id,
+        pattern=SLUG,
+        description="Name of this engine node in logs, audit entries and job leases; default: host name.",
+    )
+
+
+class StoreConfig(Strict):
+    url: str = Field(
+        "sqlite:///data/radbridge.db",
+        description="SQLAlchemy database URL: sqlite:///path or postgresql+psycopg://… (use ${NAME} for "
+        "the password).",
+    )
+    blob_dir: str = Field("data/blobs", description="Folder for encrypted payloads too large to keep inline.")
+    inline_max_bytes: int = Field(
+        65536,
+        ge=0,
+        description="Payloads up to this size are stored in the database row, larger ones as blobs.",
+    )
+
+
+class KeysConfig(Strict):
+    source: Literal["file", "env"] = Field(
+        "file",
+        description="Where the keyring (key-encryption keys) comes from: a file or an environment variable.",
+    )
+    file: str = Field(
+        "~/.radbridge/keyring.json", description="Keyring file when source is 'file'; must be mode 0600."
+    )
+    env: str = Field(
+        "RADBRIDGE_KEYRING",
+        pattern=ENV_NAME,
+        description="Environment variable holding the keyring when source is 'env'.",
+    )
+    allow_dev_key: bool = Field(
+        True, description="Create a throwaway development keyring when none exists. Set false in production."
+    )
+
+
+class TlsConfig(Strict):
+    cert: str = Field(description="Server certificate chain (PEM file).")
+    key: str = Field(description="Private key of the certificate (PEM file).")
+    ca: str | None = Field(
+        None,
+        description="CA bundle (PEM) for client certificates; when set, clients must present one (mTLS).",
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
+
+
+class ListenerConfig(Strict):
+    name: str = Field(pattern=SLUG, description="Name of the listener, unique in this file.")
+    kind: Literal["http"] = Field("http", description="Protocol served: 'http' (REST API and web pages).")
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 or :: for every interface.")
+    port: int = Field(ge=1, le=65535, description="TCP port to bind.")
+    tls: TlsConfig | None = Field(
+        None, description="TLS settings; without them the listener speaks plain HTTP."
+    )
+
+
+class RetentionConfig(Strict):
+    messages_days: int = Field(
+        30, ge=1, description="Days to keep messages and payloads before purging them."
+    )
+    audit_days: int = Field(2190, ge=1, description="Days to keep audit entries (default 6 years).")
+    batch_size: int = Field(
+        1000, ge=1, description="Rows purged per transaction, so purges never lock for long."
+    )
+
+
+class AuditConfig(Strict):
+    checkpoint_interval_seconds: int = Field(
+        300, ge=1, description="Seconds between signed checkpoints of the audit hash chain."
+    )
+
+
+class SiteConfig(Strict):
+    timezone: str = Field("UTC", description="IANA time zone of the site, for HL7 timestamps without offset.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError, OSError):  # not found (a KeyError), malformed, a folder
+            raise invalid("must be an IANA time zone name such as Europe/Berlin") from None
+        return value
+
+
+def _default_listeners() -> list[ListenerConfig]:
+    return [ListenerConfig(name="api", kind="http", host="127.0.0.1", port=8480)]
+
+
+class EngineConfig(Strict):
+    node: NodeConfig = Field(default_factory=NodeConfig, description="Identity of this engine node.")
+    data_dir: str = Field("data", description="Folder for the engine's working files.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Database and blob storage.")
+    keys: KeysConfig = Field(default_factory=KeysConfig, description="Where encryption keys come from.")
+    listeners: list[ListenerConfig] = Field(
+        default_factory=_default_listeners,
+        description="Sockets the engine itself serves (API, web); channel listeners are set in channels.",
+    )
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long data is kept.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit log settings.")
+    site: SiteConfig = Field(default_factory=SiteConfig, description="Facts about the site.")
+    channels: list[RelPath] = Field(
+        default_factory=lambda: ["channels/*.yaml"],
+        description="Glob patterns, relative to the project root, of the channel files to load.",
+    )
+    mappings: RelPath = Field(
+        "mappings", description="Folder, relative to the project root, of mapping files."
+    )
+
+
+# --- channels/*.yaml -------------------------------------------------------------------------
+
+
+def _split_options(data: Any, named: tuple[str, ...]) -> Any:
+    # The component's own keys are validated later by its Config model; park them in `options`.
+    if isinstance(data, dict):
+        out = {key: data[key] for key in named if key in data}
+        out["options"] = {key: value for key, value in data.items() if key not in named}
+        return out
+    return data
+
+
+class ComponentRef(Strict):
+    kind: str = Field(description="Registered component name, e.g. mllp, dicom, http, fhir, file.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The other keys, validated by the component's own Config model."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _park(cls, data: Any) -> Any:
+        return _split_options(data, ("kind",))
+
+
+class DestinationRef(Strict):
+    name: str = Field(pattern=SLUG, description="Label of this destination, unique within the channel.")
+    kind: str = Field(description="Registered destination name, e.g. mllp, fhir, http, file.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The other keys, validated by the component's own Config model."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _park(cls, data: Any) -> Any:
+        return _split_options(data, ("name", "kind"))
+
+
+class ChannelConfig(Strict):
+    name: str = Field(pattern=SLUG, description="Unique channel name (lowercase letters, digits, . _ -).")
+    description: str = Field("", description="Free text for people reading the channel list.")
+    enabled: bool = Field(True, description="Disabled channels are validated but not started.")
+    source: ComponentRef = Field(description="Where messages come from: `kind` plus that source's keys.")
+    filter: ComponentRef | None = Field(None, description="Optional stage deciding which messages go on.")
+    mapping: RelPath | None = Field(
+        None, description="Mapping file applied to each message, relative to the root."
+    )
+    destinations: list[DestinationRef] = Field(
+        default_factory=list, description="Where messages go: each a `name`, a `kind` and that kind's keys."
+    )
+
+
+# --- mappings/*.yaml -------------------------------------------------------------------------
+
+
+class FieldRule(Strict):
+    from_: list[str] = Field(
+        alias="from",
+        min_length=1,
+        description="Path, or list of paths tried in order, to read the value from.",
+    )
+    required: bool = Field(False, description="Fail the message when no path yields a value.")
+    default: Any = Field(
+        None, description="Value used when no path yields one (a string, number or boolean)."
+    )
+    map: str | None = Field(None, description="Name of a table in `tables` translating the value.")
+    as_: Literal["str", "int", "decimal", "date", "datetime"] | None = Field(
+        None, alias="as", description="Convert the value to this type."
+    )
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise invalid("must be a path or a list of paths")
+        return value
+
+    @field_validator("default")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise invalid("must be a single value (string, number or boolean)")
+        return value
+
+
+class MappingFile(Strict):
+    from_: Literal["hl7v2", "dicom", "fhir", "order", "study", "result", "patient"] = Field(
+        alias="from", description="What the mapping reads: a message format or a canonical record."
+    )
+    to: str = Field(description="What the mapping produces, e.g. order, study, result, oru, fhir.")
+    fields: dict[str, FieldRule] = Field(
+        description="Output field name -> rule saying where its value comes from."
+    )
+    tables: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Named code tables used by `map:`, each code -> value."
+    )

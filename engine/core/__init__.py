@@ -1,0 +1,1 @@
+"""Core: ids, clock, errors, component registry. Imports nothing above it."""

@@ -1,0 +1,1 @@
+"""Runtime: wiring the engine together, the channel runner, queues and periodic sweeps."""

@@ -1,0 +1,87 @@
+"""`radbridge run`: start the listeners and periodic sweeps, stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from typing import Callable, Iterator
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import text
+
+from engine import __version__
+from engine.runtime.context import Context, record_config
+from engine.web.app import create_app
+
+log = logging.getLogger("radbridge")
+ACTOR = "service:engine"
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the engine owns signal handling, not uvicorn
+        yield
+
+
+def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
+    checks = {}
+    try:
+        with ctx.db.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["store"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - reported as not ready
+        checks["store"] = type(exc).__name__
+    checks["writer"] = "ok" if ctx.writer.alive else "stopped"
+    return all(v == "ok" for v in checks.values()), checks
+
+
+async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
+    """Run until a stop signal; audits start, the configuration loaded, and stop."""
+    engine_cfg = ctx.project.engine
+    ctx.audit.record("engine.started", actor=ACTOR, detail={"version": __version__, "config": ctx.project.hash})
+    record_config(ctx, ACTOR)
+
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler.add_job(ctx.checkpoint, "interval", seconds=engine_cfg.audit.checkpoint_interval_seconds, id="audit-checkpoint")
+    scheduler.start()
+
+    app = create_app(lambda: _ready(ctx))
+    servers = []
+    for listener in engine_cfg.listeners:
+        tls = {}
+        if listener.tls:
+            tls = {
+                "ssl_certfile": listener.tls.cert, "ssl_keyfile": listener.tls.key,
+                "ssl_ca_certs": listener.tls.ca, "ssl_cert_reqs": ssl.CERT_REQUIRED if listener.tls.ca else ssl.CERT_NONE,
+            }
+        config = uvicorn.Config(app, host=listener.host, port=listener.port, log_level="warning", access_log=False, **tls)
+        servers.append((listener, _Server(config)))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(server.serve()) for _, server in servers]
+    try:
+        while not all(server.started for _, server in servers):
+            if any(t.done() for t in tasks):
+                raise SystemExit("a listener failed to start (port in use?)")
+            await asyncio.sleep(0.05)
+        announce(f"radbridge {__version__} node {ctx.node} config {ctx.project.hash[:12]}")
+        for listener, _ in servers:
+            scheme = "https" if listener.tls else "http"
+            announce(f"listening on {scheme}://{listener.host}:{listener.port} ({listener.name})")
+        announce("ready; Ctrl-C to stop")
+        await stop.wait()
+    finally:
+        for _, server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        scheduler.shutdown(wait=False)
+        ctx.audit.record("engine.stopped", actor=ACTOR)
+        ctx.checkpoint()
+        announce("stopped")

@@ -1,0 +1,1 @@
+"""Security: keyring, envelope encryption (vault), blind indexes. Imports only core and config."""

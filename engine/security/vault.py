@@ -1,0 +1,107 @@
+"""Envelope encryption: AES-256-GCM under a fresh data key per record, the data key wrapped by a KEK.
+
+Associated data binds every ciphertext to (format version, record id, part kind), and every wrapped
+data key to (KEK id, KEK version, record id): a ciphertext or key moved to another record fails.
+Rotation re-wraps data keys only; deleting a record's wrapped key crypto-shreds its content.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from engine.core.errors import IntegrityError
+from engine.security.keyring import Keyring
+
+FORMAT_VERSION = 1
+_NONCE = 12
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    kek_id: str
+    kek_version: int
+    wrapped: bytes  # nonce || AES-GCM(KEK, data key) || tag
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A record's data key in clear (memory only) and its wrapped form (what is stored)."""
+
+    record_id: str
+    key: bytes
+    wrapped: WrappedKey
+
+
+def _content_aad(record_id: str, kind: str, version: int) -> bytes:
+    return f"radbridge/content/v{version}|{record_id}|{kind}".encode()
+
+
+def _key_aad(kek_id: str, kek_version: int, record_id: str) -> bytes:
+    return f"radbridge/dek/v1|{kek_id}|{kek_version}|{record_id}".encode()
+
+
+class Vault:
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    def new_data_key(self, record_id: str) -> DataKey:
+        key = os.urandom(32)
+        return DataKey(record_id, key, self.wrap(key, record_id))
+
+    def wrap(self, key: bytes, record_id: str, kek_version: int | None = None) -> WrappedKey:
+        version = self.keyring.kek_active if kek_version is None else kek_version
+        nonce = os.urandom(_NONCE)
+        sealed = AESGCM(self.keyring.kek(version)).encrypt(nonce, key, _key_aad(self.keyring.kek_id, version, record_id))
+        return WrappedKey(self.keyring.kek_id, version, nonce + sealed)
+
+    def unwrap(self, wrapped: WrappedKey, record_id: str) -> DataKey:
+        if wrapped.kek_id != self.keyring.kek_id:
+            raise IntegrityError(f"record {record_id}: data key wrapped by unknown KEK {wrapped.kek_id}")
+        kek = self.keyring.kek(wrapped.kek_version)
+        aad = _key_aad(wrapped.kek_id, wrapped.kek_version, record_id)
+        try:
+            key = AESGCM(kek).decrypt(wrapped.wrapped[:_NONCE], wrapped.wrapped[_NONCE:], aad)
+        except InvalidTag:
+            raise IntegrityError(f"record {record_id}: data key failed to unwrap (wrong KEK or tampered)") from None
+        return DataKey(record_id, key, wrapped)
+
+    def rewrap(self, wrapped: WrappedKey, record_id: str) -> WrappedKey:
+        """Re-wrap under the active KEK version without touching the content."""
+        return self.wrap(self.unwrap(wrapped, record_id).key, record_id)
+
+    @staticmethod
+    def seal(data_key: DataKey, kind: str, plaintext: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        aad = _content_aad(data_key.record_id, kind, FORMAT_VERSION)
+        return bytes([FORMAT_VERSION]) + nonce + AESGCM(data_key.key).encrypt(nonce, plaintext, aad)
+
+    @staticmethod
+    def open(data_key: DataKey, kind: str, sealed: bytes) -> bytes:
+        if not sealed or sealed[0] != FORMAT_VERSION:
+            raise IntegrityError(f"record {data_key.record_id} {kind}: unknown ciphertext format")
+        aad = _content_aad(data_key.record_id, kind, sealed[0])
+        try:
+            return AESGCM(data_key.key).decrypt(sealed[1 : 1 + _NONCE], sealed[1 + _NONCE :], aad)
+        except InvalidTag:
+            raise IntegrityError(f"record {data_key.record_id} {kind}: ciphertext failed authentication") from None
+
+
+class AuditSealer:
+    """Seals audit details under the audit's own key, so purging a message never breaks its trail."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._aead = AESGCM(keyring.audit_key)
+
+    def seal(self, entry_id: str, plaintext: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, plaintext, f"radbridge/audit/v1|{entry_id}".encode())
+
+    def open(self, entry_id: str, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], f"radbridge/audit/v1|{entry_id}".encode())
+        except InvalidTag:
+            raise IntegrityError(f"audit entry {entry_id}: detail failed authentication") from None

@@ -1,0 +1,1 @@
+"""Store: sqlmodel tables, the group-commit writer, repositories. SQLite by default, PostgreSQL for several nodes."""

@@ -1,0 +1,144 @@
+"""The tables. No column holds PHI in clear: content is sealed, identifiers are blind indexes.
+
+Every schema change is an Alembic revision in store/migrations/versions; a test checks that the
+revisions build exactly these tables.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+STATUSES = ("received", "filtered", "transformed", "queued", "sent", "error", "dead")
+# Fewer B-trees per insert is what makes a commit cheap: tables keyed by their natural primary key
+# are WITHOUT ROWID on SQLite, and indexes on sparse columns are partial (PostgreSQL ignores the first).
+_NO_ROWID = {"sqlite_with_rowid": False}
+
+
+def _sparse(name: str, column: str) -> Index:
+    where = text(f"{column} IS NOT NULL")
+    return Index(name, column, sqlite_where=where, postgresql_where=where)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_channel", "channel", "id"),
+        Index(
+            "ix_messages_problem", "status",
+            sqlite_where=text("status IN ('error', 'dead')"), postgresql_where=text("status IN ('error', 'dead')"),
+        ),
+        _sparse("ix_messages_control_idx", "control_idx"),
+        _sparse("ix_messages_accession_idx", "accession_idx"),
+        _sparse("ix_messages_mrn_idx", "mrn_idx"),
+        _sparse("ix_messages_study_uid_idx", "study_uid_idx"),
+        _NO_ROWID,
+    )
+
+    id: str = Field(primary_key=True, max_length=26, description="ULID, so id order is arrival order")
+    channel: str = Field(max_length=128)
+    direction: str = Field(max_length=8, description="in | out")
+    kind: str = Field(max_length=64, description="e.g. hl7v2 ORM^O01; never content")
+    status: str = Field(max_length=16)
+    received_at: datetime
+    updated_at: datetime
+    config_hash: str = Field(max_length=64)
+    size: int
+    error: Optional[str] = Field(default=None, description="error text without PHI")
+    control_idx: Optional[str] = Field(default=None, max_length=64)
+    accession_idx: Optional[str] = Field(default=None, max_length=64)
+    mrn_idx: Optional[str] = Field(default=None, max_length=64)
+    study_uid_idx: Optional[str] = Field(default=None, max_length=64)
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("message_id", "destination", name="uq_deliveries_message_destination"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    message_id: str = Field(foreign_key="messages.id", max_length=26)
+    destination: str = Field(max_length=128)
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: Optional[datetime] = None
+    last_error: Optional[str] = None
+    updated_at: datetime
+
+
+class Content(SQLModel, table=True):
+    """A sealed part of a message: raw, transformed, sent:<dest>, response:<dest>."""
+
+    __tablename__ = "contents"
+    __table_args__ = (_NO_ROWID,)
+
+    message_id: str = Field(foreign_key="messages.id", primary_key=True, max_length=26)
+    part: str = Field(primary_key=True, max_length=160)
+    size: int
+    sealed: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    blob: Optional[str] = Field(default=None, max_length=200, description="blob-folder path when too large to inline")
+
+
+class DataKeyRow(SQLModel, table=True):
+    """One wrapped data key per record; deleting the row crypto-shreds the record."""
+
+    __tablename__ = "data_keys"
+    __table_args__ = (_NO_ROWID,)
+
+    record_id: str = Field(primary_key=True, max_length=64)
+    kek_id: str = Field(max_length=64)
+    kek_version: int
+    wrapped: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime
+
+
+class AuditRow(SQLModel, table=True):
+    """One hash-chained audit entry; one chain per node, ordered by seq."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (_NO_ROWID,)
+
+    node: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    id: str = Field(max_length=26)
+    ts: str = Field(max_length=40, description="RFC 3339 UTC, as hashed")
+    actor: str = Field(max_length=128)
+    peer: Optional[str] = Field(default=None, max_length=256)
+    action: str = Field(max_length=64)
+    outcome: str = Field(max_length=16)
+    purpose: Optional[str] = Field(default=None, max_length=64)
+    record_ids: str = Field(description="JSON list of record ids")
+    indexes: str = Field(description="JSON object kind -> blind index")
+    detail: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (_NO_ROWID,)
+
+    node: str = Field(primary_key=True, max_length=64)
+    seq: int = Field(primary_key=True)
+    hash: str = Field(max_length=64)
+    ts: str = Field(max_length=40)
+    key_id: str = Field(max_length=32)
+    signature: str = Field(max_length=128, description="Ed25519 over the canonical checkpoint, hex")
+
+
+class ConfigVersion(SQLModel, table=True):
+    """Every configuration the engine loaded (files hold ${NAME} references, never secret values)."""
+
+    __tablename__ = "config_versions"
+
+    hash: str = Field(primary_key=True, max_length=64)
+    loaded_at: datetime = Field(index=True)
+    files: str = Field(description="JSON object relative path -> text")
+
+
+metadata = SQLModel.metadata
