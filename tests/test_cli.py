@@ -1,0 +1,112 @@
+"""The CLI through typer's runner: one-line errors, exit codes, and no content without --decrypt."""
+
+from pathlib import Path
+
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.runtime.context import open_context
+from engine.store.tables import AuditRow
+from tests import phi
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _store_orm(project: Path) -> str:
+    ctx = open_context(project)
+    try:
+        message_id, item = ctx.messages.receive(
+            "ris-orders", "hl7v2 ORM^O01", phi.ORM.encode(),
+            indexes={"accession": ctx.index("accession", phi.ACCESSION), "mrn": ctx.index("mrn", phi.MRN)},
+        )
+        item.audit.append(ctx.audit.event("message.received", actor="peer:127.0.0.1", record_ids=[message_id]))
+        ctx.writer.write(item)
+        return message_id
+    finally:
+        ctx.close()
+
+
+def test_help_everywhere() -> None:
+    for args in ([], ["keys"], ["audit"], ["messages"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_lint_ok_and_errors(project: Path) -> None:
+    assert _invoke("lint", "--root", str(project)).output.strip() == "ok"
+    (project / "channels" / "bad.yaml").write_text("name: bad\nsource:\n  kind: file\nprot: 1\n")
+    result = _invoke("lint", "--root", str(project))
+    assert result.exit_code == 1
+    assert "channels/bad.yaml:4:1: unknown key 'prot'" in result.output
+
+
+def test_keys_init_and_status(tmp_path: Path) -> None:
+    from tests.conftest import write_project
+
+    root = write_project(tmp_path / "p")
+    result = _invoke("keys", "init", "--root", str(root))
+    assert result.exit_code == 0 and "created keyring" in result.output
+    assert (root / "keys" / "keyring.json").stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["keys", "init", "--root", str(root)])
+    assert again.exit_code == 1 and "already exists" in again.output
+    status = _invoke("keys", "status", "--root", str(root))
+    assert status.exit_code == 0 and "KEK local v1 active" in status.output and "wraps 0 record(s)" in status.output
+
+
+def test_messages_list_show_and_audited_decrypt(project: Path) -> None:
+    message_id = _store_orm(project)
+    listed = _invoke("messages", "list", "--root", str(project))
+    assert message_id in listed.output and "ris-orders" in listed.output
+    by_acc = _invoke("messages", "list", "--root", str(project), "--accession", phi.ACCESSION)
+    assert message_id in by_acc.output
+    assert _invoke("messages", "list", "--root", str(project), "--mrn", "MRN-NOBODY").output == ""
+    shown = _invoke("messages", "show", message_id, "--root", str(project))
+    assert "status: received" in shown.output and not phi.leaks_in_bytes(shown.output.encode())
+    decrypted = _invoke("messages", "show", message_id, "--root", str(project), "--decrypt", "--reason", "treatment")
+    assert phi.MRN in decrypted.output
+    ctx = open_context(project)
+    try:
+        with ctx.db.connect() as conn:
+            rows = conn.execute(select(AuditRow.__table__).where(AuditRow.__table__.c.action == "message.viewed")).all()
+    finally:
+        ctx.close()
+    assert len(rows) == 1 and rows[0].purpose == "treatment" and message_id in rows[0].record_ids
+
+
+def test_unknown_message_is_a_one_line_error(project: Path) -> None:
+    result = runner.invoke(app, ["messages", "show", "01NOPE", "--root", str(project)])
+    assert result.exit_code == 1 and result.output.strip() == "radbridge: error: no message 01NOPE"
+
+
+def test_audit_verify_and_tail(project: Path) -> None:
+    _store_orm(project)
+    ok = _invoke("audit", "verify", "--root", str(project))
+    assert ok.exit_code == 0 and ok.output.startswith("audit: OK: 1 entries")
+    tail = _invoke("audit", "tail", "--root", str(project))
+    assert "message.received success" in tail.output and "audit.verified" in tail.output
+    ctx = open_context(project)
+    try:
+        with ctx.db.begin() as conn:
+            conn.execute(AuditRow.__table__.update().where(AuditRow.__table__.c.seq == 1).values(actor="x"))
+    finally:
+        ctx.close()
+    broken = runner.invoke(app, ["audit", "verify", "--root", str(project)])
+    assert broken.exit_code == 1 and "BROKEN: node test-node: entry seq 1 was altered" in broken.output
+
+
+def test_bad_key_file_mode_is_a_one_line_error(project: Path) -> None:
+    (project / "keys" / "keyring.json").chmod(0o640)
+    result = runner.invoke(app, ["messages", "list", "--root", str(project)])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith("must be 0600 (chmod 600 " + str(project / "keys" / "keyring.json") + ")")
+
+
+def test_invalid_config_lists_diagnostics_exit_2(project: Path) -> None:
+    (project / "config" / "engine.yaml").write_text("stor: {}\n")
+    result = runner.invoke(app, ["messages", "list", "--root", str(project)])
+    assert result.exit_code == 2 and "config/engine.yaml:1:1: unknown key 'stor' (did you mean 'store'?)" in result.output
