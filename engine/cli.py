@@ -7,8 +7,9 @@ import getpass
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
 
@@ -17,8 +18,12 @@ from engine.config import lint as lint_paths
 from engine.config import load_project
 from engine.core.errors import ConfigError, RadbridgeError
 
-app = typer.Typer(help="radbridge: HL7/FHIR integration engine for AI radiology.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="radbridge: HL7/FHIR integration engine for AI radiology.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 keys_app = typer.Typer(help="Key material: create, inspect.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log: verify the chain, read recent entries.", no_args_is_help=True)
 messages_app = typer.Typer(help="Stored messages: list, show.", no_args_is_help=True)
@@ -84,8 +89,9 @@ def run(root: Path = ROOT) -> None:
 
 
 @app.command()
-def lint(paths: list[Path] = typer.Argument(None, help="Files or folders; default: the whole project."),
-         root: Path = ROOT) -> None:
+def lint(
+    paths: list[Path] = typer.Argument(None, help="Files or folders; default: the whole project."), root: Path = ROOT
+) -> None:
     """Check engine, channel and mapping files without starting anything; prints file:line:col: message."""
     diagnostics = lint_paths(paths or [], root=root)
     for d in diagnostics:
@@ -102,8 +108,8 @@ def lint(paths: list[Path] = typer.Argument(None, help="Files or folders; defaul
 @keys_app.command("init")
 def keys_init(root: Path = ROOT, force: bool = typer.Option(False, help="Replace an existing key file.")) -> None:
     """Create a production keyring at the configured key file (mode 0600)."""
-    from engine.security import keyring
     from engine.runtime.context import _under
+    from engine.security import keyring
 
     project = _guard(lambda: load_project(root))
     if project.engine.keys.source != "file":
@@ -133,8 +139,10 @@ def keys_status(root: Path = ROOT) -> None:
         for version, meta in sorted(info["kek_versions"].items()):  # type: ignore[union-attr]
             mark = " active" if version == info["kek_active"] else ""
             state = " retired" if meta["retired"] else ""
-            typer.echo(f"KEK {info['kek_id']} v{version}{mark}{state}: created {meta['created_at']}, "
-                       f"wraps {counts.get(version, 0)} record(s)")
+            typer.echo(
+                f"KEK {info['kek_id']} v{version}{mark}{state}: created {meta['created_at']}, "
+                f"wraps {counts.get(version, 0)} record(s)"
+            )
     finally:
         ctx.close()
 
@@ -157,8 +165,10 @@ def audit_verify(root: Path = ROOT) -> None:
     if not result.ok:
         typer.echo(f"audit: BROKEN: {result.problem}")
         raise typer.Exit(1)
-    typer.echo(f"audit: OK: {result.entries} entries on {len(result.nodes)} node(s), {result.checkpoints} signed "
-               f"checkpoint(s), last {result.last_checkpoint or 'never'}")
+    typer.echo(
+        f"audit: OK: {result.entries} entries on {len(result.nodes)} node(s), {result.checkpoints} signed "
+        f"checkpoint(s), last {result.last_checkpoint or 'never'}"
+    )
 
 
 @audit_app.command("tail")
@@ -177,8 +187,10 @@ def audit_tail(root: Path = ROOT, lines: int = typer.Option(20, "-n", help="How 
         ctx.close()
     for r in reversed(rows):
         ids = ",".join(json.loads(r.record_ids)) or "-"
-        typer.echo(f"{r.node}#{r.seq} {r.ts} {r.actor} {r.action} {r.outcome} records={ids}"
-                   f"{' purpose=' + r.purpose if r.purpose else ''}{' peer=' + r.peer if r.peer else ''}")
+        typer.echo(
+            f"{r.node}#{r.seq} {r.ts} {r.actor} {r.action} {r.outcome} records={ids}"
+            f"{' purpose=' + r.purpose if r.purpose else ''}{' peer=' + r.peer if r.peer else ''}"
+        )
 
 
 # -- messages ----------------------------------------------------------------------------------
@@ -187,10 +199,10 @@ def audit_tail(root: Path = ROOT, lines: int = typer.Option(20, "-n", help="How 
 @messages_app.command("list")
 def messages_list(
     root: Path = ROOT,
-    channel: Optional[str] = typer.Option(None, help="Only this channel."),
-    status: Optional[str] = typer.Option(None, help="Only this status (received, queued, sent, error, dead, ...)."),
-    accession: Optional[str] = typer.Option(None, help="Find by accession number (matched by blind index)."),
-    mrn: Optional[str] = typer.Option(None, help="Find by patient identifier (matched by blind index)."),
+    channel: str | None = typer.Option(None, help="Only this channel."),
+    status: str | None = typer.Option(None, help="Only this status (received, queued, sent, error, dead, ...)."),
+    accession: str | None = typer.Option(None, help="Find by accession number (matched by blind index)."),
+    mrn: str | None = typer.Option(None, help="Find by patient identifier (matched by blind index)."),
     limit: int = typer.Option(50, help="At most this many, newest first."),
 ) -> None:
     """List messages: id, channel, kind, status, size, per-destination states. Never content."""
@@ -223,17 +235,20 @@ def messages_show(
         view = ctx.messages.get(message_id)
         if view is None:
             _fail(f"no message {message_id}")
-        typer.echo(f"id: {view.id}\nchannel: {view.channel}\ndirection: {view.direction}\nkind: {view.kind}\n"
-                   f"status: {view.status}\nreceived: {view.received_at.isoformat()}\nupdated: {view.updated_at.isoformat()}\n"
-                   f"size: {view.size}\nconfig: {view.config_hash}\nparts: {', '.join(view.parts)}")
+        typer.echo(
+            f"id: {view.id}\nchannel: {view.channel}\ndirection: {view.direction}\nkind: {view.kind}\n"
+            f"status: {view.status}\nreceived: {view.received_at.isoformat()}\nupdated: {view.updated_at.isoformat()}\n"
+            f"size: {view.size}\nconfig: {view.config_hash}\nparts: {', '.join(view.parts)}"
+        )
         for destination, state, attempts in view.deliveries:
             typer.echo(f"delivery {destination}: {state} after {attempts} attempt(s)")
         if view.error:
             typer.echo(f"error: {view.error}")
         if decrypt:
             content = _guard(lambda: ctx.messages.read(message_id, part))
-            ctx.audit.record("message.viewed", actor=_actor(), purpose=reason, record_ids=[message_id],
-                             detail={"part": part})
+            ctx.audit.record(
+                "message.viewed", actor=_actor(), purpose=reason, record_ids=[message_id], detail={"part": part}
+            )
             typer.echo(f"--- {part} (decrypted; access recorded) ---")
             typer.echo(content.decode("utf-8", errors="replace").replace("\r", "\n"))
     finally:

@@ -21,7 +21,9 @@ def _store_orm(project: Path) -> str:
     ctx = open_context(project)
     try:
         message_id, item = ctx.messages.receive(
-            "ris-orders", "hl7v2 ORM^O01", phi.ORM.encode(),
+            "ris-orders",
+            "hl7v2 ORM^O01",
+            phi.ORM.encode(),
             indexes={"accession": ctx.index("accession", phi.ACCESSION), "mrn": ctx.index("mrn", phi.MRN)},
         )
         item.audit.append(ctx.audit.event("message.received", actor="peer:127.0.0.1", record_ids=[message_id]))
@@ -109,4 +111,6 @@ def test_bad_key_file_mode_is_a_one_line_error(project: Path) -> None:
 def test_invalid_config_lists_diagnostics_exit_2(project: Path) -> None:
     (project / "config" / "engine.yaml").write_text("stor: {}\n")
     result = runner.invoke(app, ["messages", "list", "--root", str(project)])
-    assert result.exit_code == 2 and "config/engine.yaml:1:1: unknown key 'stor' (did you mean 'store'?)" in result.output
+    assert (
+        result.exit_code == 2 and "config/engine.yaml:1:1: unknown key 'stor' (did you mean 'store'?)" in result.output
+    )

@@ -20,13 +20,21 @@ def test_no_phi_in_database_wal_blobs_logs_or_cli_output(project: Path, caplog: 
         big = (phi.ORM * 400).encode()  # ~150 KB: goes to the blob folder
         for raw in (phi.ORM.encode(), phi.ORM.encode("utf-16-le"), big):
             message_id, item = ctx.messages.receive(
-                "ris-orders", "hl7v2 ORM^O01", raw, destinations=["ai"],
+                "ris-orders",
+                "hl7v2 ORM^O01",
+                raw,
+                destinations=["ai"],
                 indexes={"accession": ctx.index("accession", phi.ACCESSION), "mrn": ctx.index("mrn", phi.MRN)},
             )
-            item.audit.append(ctx.audit.event(
-                "message.received", actor="peer:127.0.0.1", record_ids=[message_id],
-                indexes={"mrn": ctx.index("mrn", phi.MRN)}, detail={"note": f"patient {phi.NAME_FAMILY}"},
-            ))
+            item.audit.append(
+                ctx.audit.event(
+                    "message.received",
+                    actor="peer:127.0.0.1",
+                    record_ids=[message_id],
+                    indexes={"mrn": ctx.index("mrn", phi.MRN)},
+                    detail={"note": f"patient {phi.NAME_FAMILY}"},
+                )
+            )
             ctx.writer.write(item)
             ids.append(message_id)
         ctx.writer.write(ctx.messages.add_part(ids[0], "transformed", f'{{"mrn": "{phi.MRN}"}}'.encode()))

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
 from engine.audit.verify import verify
 from engine.runtime.context import open_context
 from engine.store.tables import AuditRow
 from tests.conftest import write_project
-
-from sqlalchemy import select
 
 
 def _free_port() -> int:
@@ -28,7 +27,10 @@ def _free_port() -> int:
 def _start(root: Path) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run", "--root", str(root)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines: list[str] = []
     deadline = time.monotonic() + 30
@@ -45,11 +47,14 @@ def _start(root: Path) -> tuple[subprocess.Popen[str], list[str]]:
 
 def test_run_creates_dev_key_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port()
-    root = write_project(tmp_path / "p", textwrap.dedent(f"""\
+    root = write_project(
+        tmp_path / "p",
+        textwrap.dedent(f"""\
         node: {{id: run-node}}
         keys: {{source: file, file: keys/dev-keyring.json}}
         listeners: [{{name: api, kind: http, host: 127.0.0.1, port: {port}}}]
-        """))
+        """),
+    )
     proc, lines = _start(root)
     try:
         assert f"listening on http://127.0.0.1:{port} (api)" in lines
@@ -80,15 +85,20 @@ def test_run_creates_dev_key_serves_health_and_stops_cleanly(tmp_path: Path) -> 
     finally:
         ctx.close()
     assert actions == [
-        "engine.started", "config.changed", "engine.stopped",
-        "engine.started", "config.loaded", "engine.stopped",
+        "engine.started",
+        "config.changed",
+        "engine.stopped",
+        "engine.started",
+        "config.loaded",
+        "engine.stopped",
     ]
     assert result.ok and result.checkpoints == 2  # one signed on each shutdown
 
 
 def test_run_refuses_invalid_config(tmp_path: Path) -> None:
     root = write_project(tmp_path / "p", "listeners: [{name: api, port: seventy}]\n")
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--root", str(root)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", "--root", str(root)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "config/engine.yaml:1:31: 'port' must be an integer" in proc.stderr

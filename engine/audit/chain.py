@@ -7,12 +7,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 GENESIS = "0" * 64
 # The fields covered by the hash, in order. Changing this list is a format change.
 HASHED_FIELDS = (
-    "node", "seq", "id", "ts", "actor", "peer", "action", "outcome", "purpose", "record_ids", "indexes", "detail",
+    "node",
+    "seq",
+    "id",
+    "ts",
+    "actor",
+    "peer",
+    "action",
+    "outcome",
+    "purpose",
+    "record_ids",
+    "indexes",
+    "detail",
 )
 
 

@@ -28,7 +28,14 @@ def write_checkpoint(engine: Engine, keyring: Keyring, node: str) -> int | None:
             return None
         ts = iso()
         signature = keyring.signing_key.sign(checkpoint_payload(node, head.seq, head.hash, ts)).hex()
-        conn.execute(_checkpoints.insert().values(
-            node=node, seq=head.seq, hash=head.hash, ts=ts, key_id=keyring.signing_key_id, signature=signature,
-        ))
+        conn.execute(
+            _checkpoints.insert().values(
+                node=node,
+                seq=head.seq,
+                hash=head.hash,
+                ts=ts,
+                key_id=keyring.signing_key_id,
+                signature=signature,
+            )
+        )
         return head.seq

@@ -8,18 +8,23 @@ writer, in the same transaction as the change they describe.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import bindparam, select
 
 from engine.audit.chain import GENESIS, link
 from engine.core.clock import iso
 from engine.core.ids import new_id
 from engine.security.vault import AuditSealer
+from engine.store.sql import Compiled
 from engine.store.tables import AuditRow
 from engine.store.writer import GroupWriter, WriteItem
 
 _audit = AuditRow.__table__
+_HEAD = (
+    select(_audit.c.seq, _audit.c.hash).where(_audit.c.node == bindparam("node")).order_by(_audit.c.seq.desc()).limit(1)
+)
 OUTCOMES = ("success", "failure", "denied")
 
 
@@ -36,12 +41,10 @@ class ChainLinker:
         self._head: tuple[int, str] | None = None
         self._pending: tuple[int, str] | None = None
 
-    def link(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def link(self, cursor: Any, sql: Compiled, rows: list[dict[str, Any]]) -> None:
         if self._head is None:
-            found = conn.execute(
-                select(_audit.c.seq, _audit.c.hash).where(_audit.c.node == self.node).order_by(_audit.c.seq.desc()).limit(1)
-            ).first()
-            self._head = (found.seq, found.hash) if found else (0, GENESIS)
+            found = sql.execute(cursor, _HEAD, {"node": self.node}).fetchone()
+            self._head = (found[0], found[1]) if found else (0, GENESIS)
         link(self.node, self._head[0], self._head[1], rows)
         self._pending = (rows[-1]["seq"], rows[-1]["hash"])
 
@@ -79,9 +82,16 @@ class AuditLog:
         if detail:
             sealed = self.sealer.seal(entry_id, json.dumps(detail, sort_keys=True, default=str).encode())
         return {
-            "id": entry_id, "ts": iso(), "actor": actor, "peer": peer, "action": action, "outcome": outcome,
-            "purpose": purpose, "record_ids": json.dumps(sorted(record_ids)),
-            "indexes": json.dumps(dict(indexes or {}), sort_keys=True), "detail": sealed,
+            "id": entry_id,
+            "ts": iso(),
+            "actor": actor,
+            "peer": peer,
+            "action": action,
+            "outcome": outcome,
+            "purpose": purpose,
+            "record_ids": json.dumps(sorted(record_ids)),
+            "indexes": json.dumps(dict(indexes or {}), sort_keys=True),
+            "detail": sealed,
         }
 
     def record(self, action: str, **fields: Any) -> None:

@@ -29,7 +29,7 @@ class Verification:
     last_checkpoint: str | None = None  # ts of the newest checkpoint
     problem: str | None = None  # the first broken entry, when not ok
 
-    def fail(self, problem: str) -> "Verification":
+    def fail(self, problem: str) -> Verification:
         self.ok, self.problem = False, problem
         return self
 
@@ -43,7 +43,9 @@ def verify(engine: Engine, verify_key: Ed25519PublicKey, key_id: str) -> Verific
         for node in result.nodes:
             checkpoints = {
                 cp.seq: cp
-                for cp in conn.execute(select(_checkpoints).where(_checkpoints.c.node == node).order_by(_checkpoints.c.seq))
+                for cp in conn.execute(
+                    select(_checkpoints).where(_checkpoints.c.node == node).order_by(_checkpoints.c.seq)
+                )
             }
             for cp in checkpoints.values():
                 if cp.key_id != key_id:
@@ -62,16 +64,22 @@ def verify(engine: Engine, verify_key: Ed25519PublicKey, key_id: str) -> Verific
                     kind = "missing (deleted?)" if seq > expected else "duplicated"
                     return result.fail(f"node {node}: entry seq {expected} is {kind}; found seq {seq} next")
                 if row["prev_hash"] != prev:
-                    return result.fail(f"node {node}: entry seq {seq} does not follow seq {seq - 1} (inserted, deleted or reordered)")
+                    return result.fail(
+                        f"node {node}: entry seq {seq} does not follow seq {seq - 1} (inserted, deleted or reordered)"
+                    )
                 if entry_hash(prev, row) != row["hash"]:
                     return result.fail(f"node {node}: entry seq {seq} was altered (hash mismatch)")
                 cp = checkpoints.get(seq)
                 if cp is not None and cp.hash != row["hash"]:
-                    return result.fail(f"node {node}: entry seq {seq} differs from its signed checkpoint (history rewritten)")
+                    return result.fail(
+                        f"node {node}: entry seq {seq} differs from its signed checkpoint (history rewritten)"
+                    )
                 prev, expected = row["hash"], seq + 1
                 result.entries += 1
             last = expected - 1
             beyond = [s for s in checkpoints if s > last]
             if beyond:
-                return result.fail(f"node {node}: log ends at seq {last} but a checkpoint covers seq {max(beyond)} (truncated)")
+                return result.fail(
+                    f"node {node}: log ends at seq {last} but a checkpoint covers seq {max(beyond)} (truncated)"
+                )
     return result

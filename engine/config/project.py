@@ -183,7 +183,7 @@ class _Session:
                 filter_kind=filt.kind if filt else None,
                 filter=filt.config if filt else None,
                 destinations=[
-                    LoadedDestination(r.name, d.kind, d.config) for r, d in zip(config.destinations, dests)
+                    LoadedDestination(r.name, d.kind, d.config) for r, d in zip(config.destinations, dests, strict=True)
                 ],
                 mapping=None,
             )

@@ -73,7 +73,9 @@ def store_url(project: Project) -> str:
 def load_keyring(project: Project, *, create_dev: bool = False) -> Keyring:
     keys = project.engine.keys
     return keyring_mod.load(
-        keys.source, str(_under(project.root, keys.file)), keys.env,
+        keys.source,
+        str(_under(project.root, keys.file)),
+        keys.env,
         data_dir=_under(project.root, project.engine.data_dir),
         create_dev=create_dev and keys.allow_dev_key,
     )
@@ -104,8 +106,10 @@ def config_diff(old: dict[str, str], new: dict[str, str]) -> str:
     lines: list[str] = []
     for path in sorted(set(old) | set(new)):
         lines += difflib.unified_diff(
-            old.get(path, "").splitlines(keepends=True), new.get(path, "").splitlines(keepends=True),
-            fromfile=f"a/{path}" if path in old else "/dev/null", tofile=f"b/{path}" if path in new else "/dev/null",
+            old.get(path, "").splitlines(keepends=True),
+            new.get(path, "").splitlines(keepends=True),
+            fromfile=f"a/{path}" if path in old else "/dev/null",
+            tofile=f"b/{path}" if path in new else "/dev/null",
         )
     return "".join(lines)
 
@@ -115,9 +119,7 @@ def record_config(ctx: Context, actor: str) -> str:
     from the last one loaded, `config.loaded` otherwise. Returns the action written."""
     project = ctx.project
     with ctx.db.connect() as conn:
-        last = conn.execute(
-            select(_config_versions).order_by(_config_versions.c.loaded_at.desc()).limit(1)
-        ).first()
+        last = conn.execute(select(_config_versions).order_by(_config_versions.c.loaded_at.desc()).limit(1)).first()
     if last is not None and last.hash == project.hash:
         ctx.audit.record("config.loaded", actor=actor, record_ids=[project.hash])
         return "config.loaded"

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -46,7 +46,9 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     record_config(ctx, ACTOR)
 
     scheduler = AsyncIOScheduler(timezone="UTC")
-    scheduler.add_job(ctx.checkpoint, "interval", seconds=engine_cfg.audit.checkpoint_interval_seconds, id="audit-checkpoint")
+    scheduler.add_job(
+        ctx.checkpoint, "interval", seconds=engine_cfg.audit.checkpoint_interval_seconds, id="audit-checkpoint"
+    )
     scheduler.start()
 
     app = create_app(lambda: _ready(ctx))
@@ -55,10 +57,14 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
         tls = {}
         if listener.tls:
             tls = {
-                "ssl_certfile": listener.tls.cert, "ssl_keyfile": listener.tls.key,
-                "ssl_ca_certs": listener.tls.ca, "ssl_cert_reqs": ssl.CERT_REQUIRED if listener.tls.ca else ssl.CERT_NONE,
+                "ssl_certfile": listener.tls.cert,
+                "ssl_keyfile": listener.tls.key,
+                "ssl_ca_certs": listener.tls.ca,
+                "ssl_cert_reqs": ssl.CERT_REQUIRED if listener.tls.ca else ssl.CERT_NONE,
             }
-        config = uvicorn.Config(app, host=listener.host, port=listener.port, log_level="warning", access_log=False, **tls)
+        config = uvicorn.Config(
+            app, host=listener.host, port=listener.port, log_level="warning", access_log=False, **tls
+        )
         servers.append((listener, _Server(config)))
 
     stop = asyncio.Event()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 # The identifier kinds the engine indexes; the kind is part of the MAC so equal values of
@@ -19,5 +18,4 @@ class BlindIndex:
     def __call__(self, kind: str, value: str) -> str:
         if kind not in KINDS:
             raise ValueError(f"unknown blind-index kind {kind!r}")
-        normalized = value.strip()
-        return hmac.new(self._key, f"{kind}\x00{normalized}".encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, f"{kind}\x00{value.strip()}".encode(), "sha256").hex()

@@ -83,7 +83,9 @@ class Keyring:
             "dev": self.dev,
             "kek_id": self.kek_id,
             "kek_active": self.kek_active,
-            "kek_versions": {v: {"created_at": k.created_at, "retired": k.retired} for v, k in self.kek_versions.items()},
+            "kek_versions": {
+                v: {"created_at": k.created_at, "retired": k.retired} for v, k in self.kek_versions.items()
+            },
             "signing_key_id": self.signing_key_id,
             "created_at": self.created_at,
         }
@@ -113,7 +115,7 @@ class Keyring:
         )
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> "Keyring":
+    def from_json(cls, text: str, source: str) -> Keyring:
         try:
             doc = json.loads(text)
         except ValueError as exc:

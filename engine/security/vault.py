@@ -47,6 +47,14 @@ def _key_aad(kek_id: str, kek_version: int, record_id: str) -> bytes:
 class Vault:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
+        self._keks: dict[int, tuple[bytes, AESGCM]] = {}
+
+    def _kek(self, version: int) -> AESGCM:
+        key = self.keyring.kek(version)  # raises for a missing or retired version, every time
+        cached = self._keks.get(version)
+        if cached is None or cached[0] != key:
+            cached = self._keks[version] = (key, AESGCM(key))
+        return cached[1]
 
     def new_data_key(self, record_id: str) -> DataKey:
         key = os.urandom(32)
@@ -55,16 +63,16 @@ class Vault:
     def wrap(self, key: bytes, record_id: str, kek_version: int | None = None) -> WrappedKey:
         version = self.keyring.kek_active if kek_version is None else kek_version
         nonce = os.urandom(_NONCE)
-        sealed = AESGCM(self.keyring.kek(version)).encrypt(nonce, key, _key_aad(self.keyring.kek_id, version, record_id))
+        sealed = self._kek(version).encrypt(nonce, key, _key_aad(self.keyring.kek_id, version, record_id))
         return WrappedKey(self.keyring.kek_id, version, nonce + sealed)
 
     def unwrap(self, wrapped: WrappedKey, record_id: str) -> DataKey:
         if wrapped.kek_id != self.keyring.kek_id:
             raise IntegrityError(f"record {record_id}: data key wrapped by unknown KEK {wrapped.kek_id}")
-        kek = self.keyring.kek(wrapped.kek_version)
+        kek = self._kek(wrapped.kek_version)
         aad = _key_aad(wrapped.kek_id, wrapped.kek_version, record_id)
         try:
-            key = AESGCM(kek).decrypt(wrapped.wrapped[:_NONCE], wrapped.wrapped[_NONCE:], aad)
+            key = kek.decrypt(wrapped.wrapped[:_NONCE], wrapped.wrapped[_NONCE:], aad)
         except InvalidTag:
             raise IntegrityError(f"record {record_id}: data key failed to unwrap (wrong KEK or tampered)") from None
         return DataKey(record_id, key, wrapped)

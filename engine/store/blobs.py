@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-_NAME = re.compile(r"[0-9A-Z]{2}/[0-9A-Z]{26}\.[\w.-]+")
+_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f-]{36}\.[\w.-]+")
 
 
 class BlobFolder:

@@ -52,7 +52,8 @@ def create(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: exec_driver_sql's bookkeeping cost a quarter of the writer's time.
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
     return engine
 

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from engine.core.clock import utcnow
 from engine.core.ids import new_id
+from engine.security.vault import DataKey, Vault, WrappedKey
 from engine.store.blobs import BlobFolder
 from engine.store.tables import STATUSES, Content, DataKeyRow, Delivery, Message
 from engine.store.writer import WriteItem
-from engine.security.vault import DataKey, Vault, WrappedKey
 
-INDEX_COLUMNS = {"accession": "accession_idx", "mrn": "mrn_idx", "study_uid": "study_uid_idx", "control_id": "control_idx"}
+INDEX_COLUMNS = {
+    "accession": "accession_idx",
+    "mrn": "mrn_idx",
+    "study_uid": "study_uid_idx",
+    "control_id": "control_idx",
+}
 
 _messages = Message.__table__
 _contents = Content.__table__
 _keys = DataKeyRow.__table__
 _deliveries = Delivery.__table__
+_SET_STATUS = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("m_id"))
+    .values(status=bindparam("m_status"), error=bindparam("m_error"), updated_at=bindparam("m_now"))
+)
 
 
 @dataclass(frozen=True)
@@ -70,19 +81,40 @@ class Messages:
         data_key = self.vault.new_data_key(message_id)
         now = utcnow()
         row: dict[str, Any] = {
-            "id": message_id, "channel": channel, "direction": direction, "kind": kind, "status": status,
-            "received_at": now, "updated_at": now, "config_hash": self.config_hash, "size": len(raw), "error": error,
-            "control_idx": None, "accession_idx": None, "mrn_idx": None, "study_uid_idx": None,
+            "id": message_id,
+            "channel": channel,
+            "direction": direction,
+            "kind": kind,
+            "status": status,
+            "received_at": now,
+            "updated_at": now,
+            "config_hash": self.config_hash,
+            "size": len(raw),
+            "error": error,
+            "control_idx": None,
+            "accession_idx": None,
+            "mrn_idx": None,
+            "study_uid_idx": None,
         }
         for name, value in (indexes or {}).items():
             row[INDEX_COLUMNS[name]] = value
         item = WriteItem(inserts=[(_messages, row), (_keys, self._key_row(data_key, now))])
         item.inserts.append((_contents, self._content_row(data_key, "raw", raw)))
         for destination in destinations:
-            item.inserts.append((_deliveries, {
-                "message_id": message_id, "destination": destination, "status": "queued", "attempts": 0,
-                "next_attempt_at": now, "last_error": None, "updated_at": now,
-            }))
+            item.inserts.append(
+                (
+                    _deliveries,
+                    {
+                        "message_id": message_id,
+                        "destination": destination,
+                        "status": "queued",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "last_error": None,
+                        "updated_at": now,
+                    },
+                )
+            )
         return message_id, item
 
     def add_part(self, message_id: str, part: str, data: bytes) -> WriteItem:
@@ -92,15 +124,19 @@ class Messages:
     def set_status(self, message_id: str, status: str, error: str | None = None) -> WriteItem:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        statement = (
-            update(_messages).where(_messages.c.id == message_id).values(status=status, error=error, updated_at=utcnow())
+        return WriteItem(
+            statements=[(_SET_STATUS, {"m_id": message_id, "m_status": status, "m_error": error, "m_now": utcnow()})]
         )
-        return WriteItem(statements=[(statement, {})])
 
     def _key_row(self, data_key: DataKey, now: datetime) -> dict[str, Any]:
         w = data_key.wrapped
-        return {"record_id": data_key.record_id, "kek_id": w.kek_id, "kek_version": w.kek_version,
-                "wrapped": w.wrapped, "created_at": now}
+        return {
+            "record_id": data_key.record_id,
+            "kek_id": w.kek_id,
+            "kek_version": w.kek_version,
+            "wrapped": w.wrapped,
+            "created_at": now,
+        }
 
     def _content_row(self, data_key: DataKey, part: str, data: bytes) -> dict[str, Any]:
         sealed = self.vault.seal(data_key, part, data)
@@ -165,12 +201,24 @@ class Messages:
             if found:
                 for d in conn.execute(select(_deliveries).where(_deliveries.c.message_id.in_(found))):
                     deliveries.setdefault(d.message_id, []).append((d.destination, d.status, d.attempts))
-                for c in conn.execute(select(_contents.c.message_id, _contents.c.part).where(_contents.c.message_id.in_(found))):
+                for c in conn.execute(
+                    select(_contents.c.message_id, _contents.c.part).where(_contents.c.message_id.in_(found))
+                ):
                     parts.setdefault(c.message_id, []).append(c.part)
         return [
             MessageView(
-                r.id, r.channel, r.direction, r.kind, r.status, r.received_at, r.updated_at, r.config_hash, r.size,
-                r.error, tuple(sorted(deliveries.get(r.id, []))), tuple(sorted(parts.get(r.id, []))),
+                r.id,
+                r.channel,
+                r.direction,
+                r.kind,
+                r.status,
+                r.received_at,
+                r.updated_at,
+                r.config_hash,
+                r.size,
+                r.error,
+                tuple(sorted(deliveries.get(r.id, []))),
+                tuple(sorted(parts.get(r.id, []))),
             )
             for r in rows
         ]

@@ -7,9 +7,8 @@ revisions build exactly these tables.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 STATUSES = ("received", "filtered", "transformed", "queued", "sent", "error", "dead")
@@ -28,8 +27,10 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         Index("ix_messages_channel", "channel", "id"),
         Index(
-            "ix_messages_problem", "status",
-            sqlite_where=text("status IN ('error', 'dead')"), postgresql_where=text("status IN ('error', 'dead')"),
+            "ix_messages_problem",
+            "status",
+            sqlite_where=text("status IN ('error', 'dead')"),
+            postgresql_where=text("status IN ('error', 'dead')"),
         ),
         _sparse("ix_messages_control_idx", "control_idx"),
         _sparse("ix_messages_accession_idx", "accession_idx"),
@@ -38,7 +39,7 @@ class Message(SQLModel, table=True):
         _NO_ROWID,
     )
 
-    id: str = Field(primary_key=True, max_length=26, description="ULID, so id order is arrival order")
+    id: str = Field(primary_key=True, max_length=36, description="UUIDv7, so id order is arrival order")
     channel: str = Field(max_length=128)
     direction: str = Field(max_length=8, description="in | out")
     kind: str = Field(max_length=64, description="e.g. hl7v2 ORM^O01; never content")
@@ -47,27 +48,25 @@ class Message(SQLModel, table=True):
     updated_at: datetime
     config_hash: str = Field(max_length=64)
     size: int
-    error: Optional[str] = Field(default=None, description="error text without PHI")
-    control_idx: Optional[str] = Field(default=None, max_length=64)
-    accession_idx: Optional[str] = Field(default=None, max_length=64)
-    mrn_idx: Optional[str] = Field(default=None, max_length=64)
-    study_uid_idx: Optional[str] = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, description="error text without PHI")
+    control_idx: str | None = Field(default=None, max_length=64)
+    accession_idx: str | None = Field(default=None, max_length=64)
+    mrn_idx: str | None = Field(default=None, max_length=64)
+    study_uid_idx: str | None = Field(default=None, max_length=64)
 
 
 class Delivery(SQLModel, table=True):
-    __tablename__ = "deliveries"
-    __table_args__ = (
-        UniqueConstraint("message_id", "destination", name="uq_deliveries_message_destination"),
-        Index("ix_deliveries_due", "status", "next_attempt_at"),
-    )
+    """One row per (message, destination): its own state, attempts and next due time."""
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    message_id: str = Field(foreign_key="messages.id", max_length=26)
-    destination: str = Field(max_length=128)
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_due", "status", "next_attempt_at"), _NO_ROWID)
+
+    message_id: str = Field(foreign_key="messages.id", primary_key=True, max_length=36)
+    destination: str = Field(primary_key=True, max_length=128)
     status: str = Field(max_length=16)
     attempts: int = 0
-    next_attempt_at: Optional[datetime] = None
-    last_error: Optional[str] = None
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
     updated_at: datetime
 
 
@@ -75,13 +74,13 @@ class Content(SQLModel, table=True):
     """A sealed part of a message: raw, transformed, sent:<dest>, response:<dest>."""
 
     __tablename__ = "contents"
-    __table_args__ = (_NO_ROWID,)
+    # A rowid table on purpose: WITHOUT ROWID spills any row over ~1 KB to an overflow page of its own.
 
-    message_id: str = Field(foreign_key="messages.id", primary_key=True, max_length=26)
+    message_id: str = Field(foreign_key="messages.id", primary_key=True, max_length=36)
     part: str = Field(primary_key=True, max_length=160)
     size: int
-    sealed: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
-    blob: Optional[str] = Field(default=None, max_length=200, description="blob-folder path when too large to inline")
+    sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    blob: str | None = Field(default=None, max_length=200, description="blob-folder path when too large to inline")
 
 
 class DataKeyRow(SQLModel, table=True):
@@ -105,16 +104,16 @@ class AuditRow(SQLModel, table=True):
 
     node: str = Field(primary_key=True, max_length=64)
     seq: int = Field(primary_key=True)
-    id: str = Field(max_length=26)
+    id: str = Field(max_length=36)
     ts: str = Field(max_length=40, description="RFC 3339 UTC, as hashed")
     actor: str = Field(max_length=128)
-    peer: Optional[str] = Field(default=None, max_length=256)
+    peer: str | None = Field(default=None, max_length=256)
     action: str = Field(max_length=64)
     outcome: str = Field(max_length=16)
-    purpose: Optional[str] = Field(default=None, max_length=64)
+    purpose: str | None = Field(default=None, max_length=64)
     record_ids: str = Field(description="JSON list of record ids")
     indexes: str = Field(description="JSON object kind -> blind index")
-    detail: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    detail: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
 

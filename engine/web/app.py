@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -21,6 +21,8 @@ def create_app(ready: Callable[[], tuple[bool, dict[str, str]]]) -> FastAPI:
     @app.get("/ready")
     def readiness() -> JSONResponse:
         ok, checks = ready()
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     return app

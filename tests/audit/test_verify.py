@@ -1,6 +1,6 @@
 """Every way of tampering with the log is detected, and an intact log verifies."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Connection, select, text

@@ -1,4 +1,5 @@
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,9 @@ def test_round_trip_and_metadata(ctx: Context) -> None:
 def test_parts_and_status(ctx: Context) -> None:
     message_id = _store(ctx, b"raw")
     ctx.writer.write(ctx.messages.add_part(message_id, "transformed", b"{json}"))
-    ctx.writer.write(ctx.messages.set_status(message_id, "error", error="mapping orm-to-order: field accession missing"))
+    ctx.writer.write(
+        ctx.messages.set_status(message_id, "error", error="mapping orm-to-order: field accession missing")
+    )
     view = ctx.messages.get(message_id)
     assert view and view.status == "error" and view.error.startswith("mapping orm-to-order")
     assert ctx.messages.read(message_id, "transformed") == b"{json}"
@@ -78,7 +81,7 @@ def test_search_by_blind_index_and_filters(ctx: Context) -> None:
     assert len(ctx.messages.list(channel="ris-orders")) == 2
     assert ctx.messages.list(channel="other") == []
     newest = ctx.messages.list(limit=1)[0]
-    assert newest.id > wanted  # ULIDs: newest first
+    assert newest.id > wanted  # UUIDv7: newest first
 
 
 def test_many_async_producers_all_committed(ctx: Context) -> None:
@@ -106,7 +109,7 @@ def test_failing_item_fails_alone(ctx: Context) -> None:
     bad.inserts[0][1]["id"] = good_id  # duplicate primary key
     f_good, f_bad = ctx.writer.submit(good), ctx.writer.submit(bad)
     f_good.result(timeout=10)
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
         f_bad.result(timeout=10)
     assert ctx.messages.read(good_id) == b"good"
 

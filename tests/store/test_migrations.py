@@ -21,10 +21,12 @@ def test_upgrade_from_first_revision_keeps_data(tmp_path: Path) -> None:
     db.migrate(engine, "0001")
     assert "audit_log" not in inspect(engine).get_table_names()
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO messages (id, channel, direction, kind, status, received_at, updated_at, config_hash, size)"
-            " VALUES ('01ABC', 'c', 'in', 'k', 'sent', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'h', 3)"
-        ))
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, channel, direction, kind, status, received_at, updated_at, config_hash,"
+                " size) VALUES ('01ABC', 'c', 'in', 'k', 'sent', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'h', 3)"
+            )
+        )
         conn.execute(text("INSERT INTO data_keys VALUES ('01ABC', 'local', 1, x'00', '2026-01-01 00:00:00')"))
     db.migrate(engine)
     assert db.current_revision(engine) == db.head_revision()

@@ -35,7 +35,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "messages",
-        sa.Column("id", sa.String(26), nullable=False),
+        sa.Column("id", sa.String(36), nullable=False),
         sa.Column("channel", sa.String(128), nullable=False),
         sa.Column("direction", sa.String(8), nullable=False),
         sa.Column("kind", sa.String(64), nullable=False),
@@ -91,7 +91,7 @@ def upgrade() -> None:
         )
     op.create_table(
         "contents",
-        sa.Column("message_id", sa.String(26), nullable=False),
+        sa.Column("message_id", sa.String(36), nullable=False),
         sa.Column("part", sa.String(160), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         sa.Column("sealed", sa.LargeBinary(), nullable=True),
@@ -101,12 +101,10 @@ def upgrade() -> None:
             ["messages.id"],
         ),
         sa.PrimaryKeyConstraint("message_id", "part"),
-        sqlite_with_rowid=False,
     )
     op.create_table(
         "deliveries",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("message_id", sa.String(26), nullable=False),
+        sa.Column("message_id", sa.String(36), nullable=False),
         sa.Column("destination", sa.String(128), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -117,8 +115,8 @@ def upgrade() -> None:
             ["message_id"],
             ["messages.id"],
         ),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("message_id", "destination", name="uq_deliveries_message_destination"),
+        sa.PrimaryKeyConstraint("message_id", "destination"),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.create_index("ix_deliveries_due", ["status", "next_attempt_at"], unique=False)

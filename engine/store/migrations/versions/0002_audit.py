@@ -29,7 +29,7 @@ def upgrade() -> None:
         "audit_log",
         sa.Column("node", sa.String(64), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("id", sa.String(26), nullable=False),
+        sa.Column("id", sa.String(36), nullable=False),
         sa.Column("ts", sa.String(40), nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
         sa.Column("peer", sa.String(256), nullable=True),
