@@ -56,6 +56,7 @@ def _guard(action: Callable[[], T]) -> T:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _actor() -> str:

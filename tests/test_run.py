@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -10,12 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from engine.audit.verify import verify
 from engine.runtime.context import open_context
 from engine.store.tables import AuditRow
 from tests.conftest import write_project
+from tests.tlscerts import make_certs
 
 
 def _free_port() -> int:
@@ -102,3 +105,46 @@ def test_run_refuses_invalid_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "config/engine.yaml:1:31: 'port' must be an integer" in proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_https_listener_enforces_tls12_and_client_certificates(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "tls")
+    port = _free_port()
+    root = write_project(
+        tmp_path / "p",
+        textwrap.dedent(f"""\
+        node: {{id: tls-node}}
+        keys: {{source: file, file: keys/dev-keyring.json}}
+        listeners:
+          - name: api
+            port: {port}
+            tls: {{cert: {certs.server_cert}, key: {certs.server_key}, ca: {certs.ca}}}
+        """),
+    )
+    proc, lines = _start(root)
+    try:
+        assert f"listening on https://127.0.0.1:{port} (api)" in lines
+        good = ssl.create_default_context(cafile=str(certs.ca))
+        good.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        assert httpx.get(f"https://127.0.0.1:{port}/health", verify=good, timeout=5).status_code == 200
+
+        def refused(context: ssl.SSLContext) -> None:
+            with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+                httpx.get(f"https://127.0.0.1:{port}/health", verify=context, timeout=5)
+
+        no_cert = ssl.create_default_context(cafile=str(certs.ca))
+        refused(no_cert)
+        stranger = ssl.create_default_context(cafile=str(certs.ca))
+        stranger.load_cert_chain(str(certs.stranger_cert), str(certs.stranger_key))
+        refused(stranger)
+        old = ssl.create_default_context(cafile=str(certs.ca))
+        old.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")  # lower our own floor so the refusal is the server's
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        refused(old)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

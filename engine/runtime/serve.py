@@ -15,10 +15,23 @@ from sqlalchemy import text
 
 from engine import __version__
 from engine.runtime.context import Context, record_config
+from engine.security.tls import server_context
 from engine.web.app import create_app
 
 log = logging.getLogger("radbridge")
 ACTOR = "service:engine"
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's own TLS setup has no minimum version: use the engine's context instead."""
+
+    def __init__(self, app: object, tls: ssl.SSLContext | None, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self._tls = tls
+
+    def load(self) -> None:
+        super().load()
+        self.ssl = self._tls
 
 
 class _Server(uvicorn.Server):
@@ -54,17 +67,11 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     app = create_app(lambda: _ready(ctx))
     servers = []
     for listener in engine_cfg.listeners:
-        tls = {}
+        tls = None
         if listener.tls:
-            tls = {
-                "ssl_certfile": listener.tls.cert,
-                "ssl_keyfile": listener.tls.key,
-                "ssl_ca_certs": listener.tls.ca,
-                "ssl_cert_reqs": ssl.CERT_REQUIRED if listener.tls.ca else ssl.CERT_NONE,
-            }
-        config = uvicorn.Config(
-            app, host=listener.host, port=listener.port, log_level="warning", access_log=False, **tls
-        )
+            t, root = listener.tls, ctx.project.root
+            tls = server_context(str(root / t.cert), str(root / t.key), t.ca and str(root / t.ca), t.min_version)
+        config = _Config(app, tls, host=listener.host, port=listener.port, log_level="warning", access_log=False)
         servers.append((listener, _Server(config)))
 
     stop = asyncio.Event()
