@@ -30,7 +30,7 @@ def _name(cn: str) -> x509.Name:
 
 def _issue(subject: str, issuer_name: x509.Name, issuer_key, *, ca: bool = False, server: bool = False):  # type: ignore[no-untyped-def]
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
