@@ -186,9 +186,16 @@ class ComponentRef(Strict):
         return _split_options(data, ("kind",))
 
 
+class RetryPolicy(Strict):
+    max_attempts: int = Field(10, ge=1, description="Attempts before the message goes to the dead letter queue.")
+    backoff_s: float = Field(5.0, gt=0, description="Wait before the second attempt; doubles after each failure.")
+    max_backoff_s: float = Field(600.0, gt=0, description="Longest wait between two attempts.")
+
+
 class DestinationRef(Strict):
     name: str = Field(pattern=SLUG, description="Label of this destination, unique within the channel.")
     kind: str = Field(description="Registered destination name, e.g. mllp, fhir, http, file.")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries with backoff, then dead letter.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="The other keys, validated by the component's own Config model."
     )
@@ -196,7 +203,7 @@ class DestinationRef(Strict):
     @model_validator(mode="before")
     @classmethod
     def _park(cls, data: Any) -> Any:
-        return _split_options(data, ("name", "kind"))
+        return _split_options(data, ("name", "kind", "retry"))
 
 
 class ChannelConfig(Strict):
@@ -211,51 +218,142 @@ class ChannelConfig(Strict):
     destinations: list[DestinationRef] = Field(
         default_factory=list, description="Where messages go: each a `name`, a `kind` and that kind's keys."
     )
+    dedup_window_s: int = Field(
+        86400,
+        ge=0,
+        description="A message repeating an earlier one's sender, control id and content within this many "
+        "seconds is acknowledged again but not processed twice (0: off).",
+    )
 
 
 # --- mappings/*.yaml -------------------------------------------------------------------------
 
 
+class Condition(Strict):
+    path: str = Field(description="Path read for the test, in the same context as the rule's `from`.")
+    in_: list[str] | None = Field(
+        None, alias="in", min_length=1, description="True when the value is one of these."
+    )
+    not_in: list[str] | None = Field(
+        None, min_length=1, description="True when the value is absent or none of these."
+    )
+    equals: str | None = Field(None, description="True when the value is exactly this.")
+    present: bool | None = Field(
+        None, description="true: the path has a value; false: it is absent or empty."
+    )
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        given = [t for t in (self.in_, self.not_in, self.equals, self.present) if t is not None]
+        if len(given) != 1:
+            raise invalid("needs exactly one of 'in', 'not_in', 'equals', 'present'")
+        return self
+
+
+def _one_or_many(value: Any, what: str) -> Any:
+    if isinstance(value, str):
+        return [value]
+    if value is not None and not isinstance(value, list):
+        raise invalid(f"must be {what}")
+    return value
+
+
 class FieldRule(Strict):
-    from_: list[str] = Field(
+    from_: list[str] | None = Field(
         alias="from",
         min_length=1,
-        description="Path, or list of paths tried in order, to read the value from.",
+        description="Path, or list of paths tried in order, to read the value from (or give `value`).",
     )
+    value: Any = Field(None, description="A constant instead of `from` (a string, number or boolean).")
     required: bool = Field(False, description="Fail the message when no path yields a value.")
     default: Any = Field(
         None, description="Value used when no path yields one (a string, number or boolean)."
     )
+    fn: list[str] = Field(
+        default_factory=list,
+        description="String functions applied, in order, to each value read (trim, upper, ...).",
+    )
     map: str | None = Field(None, description="Name of a table in `tables` translating the value.")
     as_: Literal["str", "int", "decimal", "date", "datetime"] | None = Field(
-        None, alias="as", description="Convert the value to this type."
+        None, alias="as", description="Convert the value to this type (default: the target field's type)."
     )
+    when: Condition | None = Field(
+        None, description="Apply the rule only when this test holds; otherwise the field is left out."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _constant(cls, data: Any) -> Any:
+        # `value:` stands in for `from:`; without either, pydantic reports "missing required key 'from'".
+        if isinstance(data, dict) and "value" in data and "from" not in data:
+            return {**data, "from": None}
+        return data
 
     @field_validator("from_", mode="before")
     @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list):
-            raise invalid("must be a path or a list of paths")
-        return value
+    def _paths(cls, value: Any) -> Any:
+        return _one_or_many(value, "a path or a list of paths")
 
-    @field_validator("default")
+    @field_validator("fn", mode="before")
+    @classmethod
+    def _functions(cls, value: Any) -> Any:
+        return _one_or_many(value, "a function name or a list of them")
+
+    @field_validator("default", "value")
     @classmethod
     def _scalar(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str | int | float | bool):
             raise invalid("must be a single value (string, number or boolean)")
         return value
 
+    @model_validator(mode="after")
+    def _source(self) -> FieldRule:
+        if self.from_ is not None and self.value is not None:
+            raise invalid("takes either 'from' or 'value', not both")
+        if self.from_ is None and self.value is None:
+            raise invalid("needs 'from' (paths) or 'value' (a constant)")
+        return self
+
 
 class MappingFile(Strict):
     from_: Literal["hl7v2", "dicom", "fhir", "order", "study", "result", "patient"] = Field(
         alias="from", description="What the mapping reads: a message format or a canonical record."
     )
-    to: str = Field(description="What the mapping produces, e.g. order, study, result, oru, fhir.")
+    to: str = Field(description="What the mapping produces: a record type (order, patient) or hl7v2.")
+    accept: list[str] = Field(
+        default_factory=list,
+        description="HL7 message types taken, as CODE^TRIGGER (or CODE for any trigger); others are "
+        "refused. Empty: every type.",
+    )
+    each: str | None = Field(
+        None,
+        description="Segment id opening a group (e.g. ORC): one record per group; paths look in the "
+        "group first, then in the whole message.",
+    )
+    topic: FieldRule | None = Field(
+        None,
+        description="Rule giving each record's internal topic (a constant string is allowed); default: "
+        "<record type>.<event>.",
+    )
+    template: dict[str, str] = Field(
+        default_factory=dict,
+        description="For `to: hl7v2`: constant values by HL7 path (MSH-3, MSH-9.1, ...), written before "
+        "`fields`.",
+    )
     fields: dict[str, FieldRule] = Field(
-        description="Output field name -> rule saying where its value comes from."
+        description="Output field name (or HL7 path for `to: hl7v2`) -> rule saying where its value comes from."
     )
     tables: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="Named code tables used by `map:`, each code -> value."
+        default_factory=dict,
+        description="Named code tables used by `map:`, each code -> value; code \"*\" is the fallback.",
     )
+
+    @field_validator("accept", mode="before")
+    @classmethod
+    def _types(cls, value: Any) -> Any:
+        return _one_or_many(value, "a message type or a list of them")
+
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _topic(cls, value: Any) -> Any:
+        return {"value": value} if isinstance(value, str) else value

@@ -15,14 +15,6 @@ AuditHook = Callable[..., Awaitable[None]]
 
 
 @dataclass(frozen=True)
-class ComponentContext:
-    channel: str
-    root: Path  # project root: relative paths in component configs are taken from here
-    audit: AuditHook
-    site_tz: tzinfo
-
-
-@dataclass(frozen=True)
 class Inbound:
     """One message as a source received it. `decoded` is the source's parse of it (an
     engine.hl7v2.Message for HL7) or the exception that parsing raised; `dedup` identifies the
@@ -95,3 +87,20 @@ class Destination(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Topics(Protocol):
+    """The engine's internal topics, which connect channels and built-in stages to each other."""
+
+    def subscribe(self, pattern: str, sink: Sink) -> None: ...
+
+    async def publish(self, topic: str, inbound: Inbound) -> list[Outcome]: ...
+
+
+@dataclass(frozen=True)
+class ComponentContext:
+    channel: str
+    root: Path  # project root: relative paths in component configs are taken from here
+    audit: AuditHook
+    site_tz: tzinfo
+    topics: Topics | None = None

@@ -7,6 +7,7 @@ Built-in components and third-party ones arrive the same way, through the entry 
 from __future__ import annotations
 
 from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar
@@ -18,6 +19,7 @@ KINDS: tuple[Kind, ...] = ("source", "destination", "stage")
 ENTRY_POINT_GROUPS = ("radbridge.connectors", "radbridge.models")
 
 T = TypeVar("T", bound=type)
+log = logging.getLogger("radbridge.registry")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,10 @@ def load_plugins() -> None:
     _plugins_loaded = True
     for group in ENTRY_POINT_GROUPS:
         for ep in entry_points(group=group):
-            ep.load()
+            try:
+                ep.load()
+            except ImportError as exc:  # a broken plugin must not take the engine or lint down
+                log.error("component plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
 
 
 def get(kind: str, name: str) -> Component | None:

@@ -14,7 +14,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
 from engine import __version__
+from engine.config import load_project
+from engine.core.errors import ConfigError
 from engine.runtime.context import Context, record_config
+from engine.runtime.engine import Engine
 from engine.security.tls import server_context
 from engine.web.app import create_app
 
@@ -52,6 +55,21 @@ def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
     return all(v == "ok" for v in checks.values()), checks
 
 
+async def reload(ctx: Context, engine: Engine) -> str:
+    """SIGHUP: load and lint the project again; restart only the channels whose files changed.
+    A project with problems is refused whole and the running channels stay as they are."""
+    try:
+        project = await asyncio.to_thread(load_project, ctx.project.root)
+    except ConfigError as exc:
+        ctx.audit.record("config.reload_refused", actor=ACTOR, outcome="failure", detail={"problems": str(exc)})
+        return "reload refused: " + "; ".join(str(exc).splitlines()[:5])
+    previous = ctx.project
+    changed = await engine.reload(project)
+    if project.hash != previous.hash:
+        record_config(ctx, ACTOR)
+    return f"reloaded: {', '.join(changed) or 'no channel changed'}"
+
+
 async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     """Run until a stop signal; audits start, the configuration loaded, and stop."""
     engine_cfg = ctx.project.engine
@@ -75,22 +93,36 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
         servers.append((listener, _Server(config)))
 
     stop = asyncio.Event()
+    reload_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     tasks = [asyncio.create_task(server.serve()) for _, server in servers]
+    engine = Engine(ctx)
     try:
         while not all(server.started for _, server in servers):
             if any(t.done() for t in tasks):
                 raise SystemExit("a listener failed to start (port in use?)")
             await asyncio.sleep(0.05)
+        channel_listens = await engine.start()
         announce(f"radbridge {__version__} node {ctx.node} config {ctx.project.hash[:12]}")
         for listener, _ in servers:
             scheme = "https" if listener.tls else "http"
             announce(f"listening on {scheme}://{listener.host}:{listener.port} ({listener.name})")
-        announce("ready; Ctrl-C to stop")
-        await stop.wait()
+        for line in channel_listens:
+            announce(f"listening on {line}")
+        announce(f"ready: {len(engine.running)} channel(s) running; Ctrl-C to stop, SIGHUP to reload channels")
+        while not stop.is_set():
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(reload_requested.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if reload_requested.is_set() and not stop.is_set():
+                reload_requested.clear()
+                announce(await reload(ctx, engine))
     finally:
+        await engine.stop()
         for _, server in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)

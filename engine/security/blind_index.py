@@ -15,6 +15,10 @@ class BlindIndex:
             raise ValueError("blind-index key must be at least 32 bytes")
         self._key = key
 
+    def content(self, data: bytes) -> str:
+        """A keyed hash of a whole payload, to recognise a repeat without keeping a plain hash of PHI."""
+        return hmac.digest(self._key, b"content\x00" + data, "sha256").hex()
+
     def __call__(self, kind: str, value: str) -> str:
         if kind not in KINDS:
             raise ValueError(f"unknown blind-index kind {kind!r}")

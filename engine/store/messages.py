@@ -73,11 +73,14 @@ class Messages:
         destinations: Sequence[str] = (),
         status: str = "received",
         error: str | None = None,
+        content_mac: str | None = None,
+        message_id: str | None = None,
+        parts: Mapping[str, bytes] | None = None,
     ) -> tuple[str, WriteItem]:
         """Seal a new message under a fresh data key; returns its id and the rows to commit."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        message_id = new_id()
+        message_id = message_id or new_id()
         data_key = self.vault.new_data_key(message_id)
         now = utcnow()
         row: dict[str, Any] = {
@@ -92,6 +95,7 @@ class Messages:
             "size": len(raw),
             "error": error,
             "control_idx": None,
+            "content_mac": content_mac,
             "accession_idx": None,
             "mrn_idx": None,
             "study_uid_idx": None,
@@ -100,6 +104,8 @@ class Messages:
             row[INDEX_COLUMNS[name]] = value
         item = WriteItem(inserts=[(_messages, row), (_keys, self._key_row(data_key, now))])
         item.inserts.append((_contents, self._content_row(data_key, "raw", raw)))
+        for part, data in (parts or {}).items():  # e.g. "transformed", sealed under the same data key
+            item.inserts.append((_contents, self._content_row(data_key, part, data)))
         for destination in destinations:
             item.inserts.append(
                 (
@@ -107,6 +113,7 @@ class Messages:
                     {
                         "message_id": message_id,
                         "destination": destination,
+                        "channel": channel,
                         "status": "queued",
                         "attempts": 0,
                         "next_attempt_at": now,
@@ -148,6 +155,17 @@ class Messages:
         return row
 
     # -- reading -------------------------------------------------------------------------------
+
+    def same_control(self, control_idx: str, since: datetime) -> list[tuple[str, str | None]]:
+        """(id, content_mac) of recent messages carrying this sender + control id, newest first."""
+        query = (
+            select(_messages.c.id, _messages.c.content_mac)
+            .where(_messages.c.control_idx == control_idx, _messages.c.received_at >= since)
+            .order_by(_messages.c.id.desc())
+            .limit(10)
+        )
+        with self.engine.connect() as conn:
+            return [(r.id, r.content_mac) for r in conn.execute(query)]
 
     def _data_key(self, message_id: str) -> DataKey:
         with self.engine.connect() as conn:

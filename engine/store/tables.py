@@ -50,6 +50,7 @@ class Message(SQLModel, table=True):
     size: int
     error: str | None = Field(default=None, description="error text without PHI")
     control_idx: str | None = Field(default=None, max_length=64)
+    content_mac: str | None = Field(default=None, max_length=64, description="keyed hash of the raw bytes (duplicates)")
     accession_idx: str | None = Field(default=None, max_length=64)
     mrn_idx: str | None = Field(default=None, max_length=64)
     study_uid_idx: str | None = Field(default=None, max_length=64)
@@ -59,10 +60,11 @@ class Delivery(SQLModel, table=True):
     """One row per (message, destination): its own state, attempts and next due time."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_due", "status", "next_attempt_at"), _NO_ROWID)
+    __table_args__ = (Index("ix_deliveries_queue", "channel", "destination", "status", "message_id"), _NO_ROWID)
 
     message_id: str = Field(foreign_key="messages.id", primary_key=True, max_length=36)
     destination: str = Field(primary_key=True, max_length=128)
+    channel: str = Field(max_length=128, description="the message's channel: each (channel, destination) is a queue")
     status: str = Field(max_length=16)
     attempts: int = 0
     next_attempt_at: datetime | None = None

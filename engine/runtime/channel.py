@@ -1,0 +1,159 @@
+"""A channel's pipeline: source -> (filter) -> mapping -> destinations.
+
+`Channel.ingest` is the sink a source calls for every message it receives. It decides everything
+about the message first (duplicate? parseable? accepted? mapped into which records?), then writes
+the message, its sealed parts, its delivery queue entries and its audit entry in one transaction,
+and only then answers the source, which acknowledges its peer. A message that cannot be stored
+gets `unavailable`, so the sender keeps it and retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from engine.core.clock import utcnow
+from engine.core.component import Inbound, Outcome, Problem
+from engine.core.errors import PermanentError
+from engine.runtime.context import Context
+
+log = logging.getLogger("radbridge.channel")
+
+# Turns a decoded message into the bytes each destination receives, or raises a PermanentError
+# carrying `.code` (HL7 table 0357) and `.problem()`. Returns (body, search indexes, topic per record).
+Transform = Callable[[Inbound], "Transformed"]
+
+
+@dataclass(frozen=True)
+class Transformed:
+    body: bytes
+    records: list[dict[str, Any]] = field(default_factory=list)
+    indexes: dict[str, str] = field(default_factory=dict)  # blind-index kind -> value (still clear here)
+
+
+class Refused(PermanentError):
+    """The channel does not take this message (type not accepted, unknown sender): ACK AR."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.text)
+        self.problem = problem
+
+
+class Invalid(PermanentError):
+    """The message's content is wrong (unparseable, a required field missing): ACK AE, kept for review."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.text)
+        self.problem = problem
+
+
+@dataclass
+class Channel:
+    name: str
+    ctx: Context
+    destinations: list[str]
+    transform: Transform | None = None
+    accept_types: tuple[str, ...] = ()
+    dedup_window: timedelta = timedelta(days=1)
+    on_queued: Callable[[], None] = lambda: None  # wakes the delivery workers
+
+    async def ingest(self, inbound: Inbound, *, reprocess_of: str | None = None) -> Outcome:
+        ctx = self.ctx
+        flags: list[str] = []
+        control_idx = ctx.index("control_id", f"{self.name}|{inbound.dedup}") if inbound.dedup else None
+        content_mac = ctx.index.content(inbound.raw)
+        if control_idx and self.dedup_window and reprocess_of is None:
+            since = utcnow() - self.dedup_window
+            earlier = ctx.messages.same_control(control_idx, since)
+            for message_id, mac in earlier:
+                if mac == content_mac:
+                    await ctx.audit.arecord(
+                        "message.duplicate", actor=f"peer:{inbound.peer}", record_ids=[message_id],
+                        indexes={"control_id": control_idx}, detail={"channel": self.name},
+                    )  # fmt: skip
+                    return Outcome("duplicate", message_id=message_id)
+            if earlier:
+                flags.append("control-id-reused")
+
+        status, problem, transformed = self._decide(inbound)
+        outcome_status = {"queued": "accepted", "transformed": "accepted", "received": "accepted"}.get(status, status)
+        destinations = self.destinations if status == "queued" else []
+        indexes = {k: ctx.index(k, v) for k, v in (transformed.indexes if transformed else {}).items()}
+        if control_idx:
+            indexes["control_id"] = control_idx
+        kind = f"{inbound.kind} {inbound.type}" if inbound.type else inbound.kind
+        stored_status = {"invalid": "error", "refused": "error"}.get(status, status)
+        message_id, item = ctx.messages.receive(
+            self.name, kind, inbound.raw, indexes=indexes, destinations=destinations, status=stored_status,
+            error=problem.text if problem else None, content_mac=content_mac,
+            parts={"transformed": transformed.body} if transformed is not None else None,
+        )  # fmt: skip
+        detail: dict[str, Any] = {"channel": self.name, "status": status, "type": inbound.type}
+        if problem:
+            detail["problem"] = problem.text
+        if flags:
+            detail["flags"] = flags
+        if reprocess_of:
+            detail["reprocess_of"] = reprocess_of
+        item.audit.append(
+            ctx.audit.event(
+                "message.reprocessed" if reprocess_of else "message.received",
+                actor=f"peer:{inbound.peer}",
+                outcome="success" if problem is None else "failure",
+                record_ids=[message_id] + ([reprocess_of] if reprocess_of else []),
+                indexes=indexes,
+                detail=detail,
+            )
+        )
+        try:
+            await ctx.writer.awrite(item)
+        except Exception as exc:  # noqa: BLE001 - the sender must keep the message and retry
+            log.error("channel %s: could not store a message: %s", self.name, type(exc).__name__)
+            return Outcome("unavailable", problem=Problem("message could not be stored; retry later", code=207))
+        if destinations:
+            self.on_queued()
+        return Outcome(outcome_status, message_id=message_id, problem=problem, flags=tuple(flags))  # type: ignore[arg-type]
+
+    def _decide(self, inbound: Inbound) -> tuple[str, Problem | None, Transformed | None]:
+        """(message status, problem, transformed) — pure, before anything is written."""
+        if isinstance(inbound.decoded, Exception):
+            return "invalid", _problem_of(inbound.decoded), None
+        if self.accept_types and inbound.type not in self.accept_types:
+            text = f"message type {inbound.type or 'unknown'} is not accepted by channel {self.name}"
+            return "refused", Problem(text, code=200), None
+        if self.transform is None:
+            return ("queued" if self.destinations else "received"), None, None
+        try:
+            transformed = self.transform(inbound)
+        except Refused as exc:
+            return "refused", exc.problem, None
+        except Invalid as exc:
+            return "invalid", exc.problem, None
+        except PermanentError as exc:
+            return "invalid", _problem_of(exc), None
+        if not transformed.body:
+            return "filtered", None, transformed
+        return ("queued" if self.destinations else "transformed"), None, transformed
+
+
+def _problem_of(exc: Exception) -> Problem:
+    """Errors from our parsers and mappings name fields and paths, never values; keep their codes."""
+    make = getattr(exc, "problem", None)
+    if callable(make):
+        return make()
+    return Problem(
+        str(exc) or type(exc).__name__,
+        code=int(getattr(exc, "code", 207) or 207),
+        segment=getattr(exc, "segment", None),
+        sequence=getattr(exc, "sequence", None),
+        field=getattr(exc, "field", None),
+    )
+
+
+def records_body(records: list[dict[str, Any]]) -> bytes:
+    """Canonical records as the body destinations receive: one JSON object per line, keys sorted."""
+    return b"".join(json.dumps(r, sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n" for r in records)

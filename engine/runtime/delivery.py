@@ -1,0 +1,119 @@
+"""Delivery workers: one per (channel, destination), working that queue head first.
+
+Every attempt's result is durable before the next one starts: sent (with the peer's response
+sealed beside the message), retried later with exponential backoff, or dead-lettered with the
+last error after the destination's max_attempts (or at once for a permanent error). A restart
+resumes from the table: nothing queued lives only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from engine.config.schema import RetryPolicy
+from engine.core.clock import utcnow
+from engine.core.component import Destination, Outbound
+from engine.core.errors import PermanentError, RetryableError
+from engine.runtime.context import Context
+from engine.store.queue import Due, Queues, backoff
+
+log = logging.getLogger("radbridge.delivery")
+POLL_S = 5.0  # also picks up work queued by another process (reprocess from the CLI)
+
+
+class DeliveryWorker:
+    def __init__(
+        self, ctx: Context, channel: str, name: str, destination: Destination, policy: RetryPolicy
+    ) -> None:
+        self.ctx = ctx
+        self.channel = channel
+        self.name = name
+        self.destination = destination
+        self.policy = policy
+        self.queues = Queues(ctx.db)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"deliver {self.channel}/{self.name}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.destination.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                due = await asyncio.to_thread(self.queues.head, self.channel, self.name)
+            except Exception as exc:  # noqa: BLE001 - the store may be briefly unavailable
+                log.error("queue %s/%s unreadable: %s", self.channel, self.name, type(exc).__name__)
+                await self._sleep(POLL_S)
+                continue
+            if due is None:
+                await self._sleep(POLL_S)
+                continue
+            wait = (due.next_attempt_at - utcnow()).total_seconds() if due.next_attempt_at else 0.0
+            if wait > 0:
+                await self._sleep(min(wait, POLL_S))
+                continue
+            await self.attempt(due)
+
+    async def attempt(self, due: Due) -> str:
+        """One delivery attempt of the queue's head; returns the delivery's new status."""
+        ctx, message_id, attempts = self.ctx, due.message_id, due.attempts + 1
+        view = ctx.messages.get(message_id)
+        body = await asyncio.to_thread(
+            ctx.messages.read, message_id, "transformed" if view and "transformed" in view.parts else "raw"
+        )
+        kind = view.kind if view else ""
+        started = utcnow()
+        response, error, status, next_at = None, None, "sent", None
+        try:
+            delivered = await self.destination.send(Outbound(message_id, self.name, body, kind))
+            response = delivered.response
+        except RetryableError as exc:
+            error = str(exc) or type(exc).__name__
+            if attempts >= self.policy.max_attempts:
+                status = "dead"
+            else:
+                status = "queued"
+                next_at = utcnow() + backoff(attempts, self.policy.backoff_s, self.policy.max_backoff_s)
+        except PermanentError as exc:
+            error, status = str(exc) or type(exc).__name__, "dead"
+        except Exception as exc:  # noqa: BLE001 - a connector bug must not stop the queue; retry it
+            error = f"unexpected {type(exc).__name__}"
+            log.exception("destination %s/%s failed unexpectedly", self.channel, self.name)
+            status = "dead" if attempts >= self.policy.max_attempts else "queued"
+            if status == "queued":
+                next_at = utcnow() + backoff(attempts, self.policy.backoff_s, self.policy.max_backoff_s)
+        item = Queues.mark(message_id, self.name, status, attempts, error, next_at)
+        if response is not None:
+            item.extend(ctx.messages.add_part(message_id, f"response:{self.name}", response))
+        overall = await asyncio.to_thread(self.queues.overall, message_id, {self.name: status})
+        item.extend(ctx.messages.set_status(message_id, overall, error if overall == "dead" else None))
+        action = {"sent": "message.sent", "queued": "message.send_failed", "dead": "message.dead"}[status]
+        item.audit.append(
+            ctx.audit.event(
+                action, actor=f"service:channel/{self.channel}", outcome="success" if status == "sent" else "failure",
+                record_ids=[message_id],
+                detail={"destination": self.name, "attempt": attempts, "error": error,
+                        "ms": round((utcnow() - started).total_seconds() * 1000, 1)},
+            )
+        )  # fmt: skip
+        await ctx.writer.awrite(item)
+        if status != "sent":
+            log.warning("delivery %s/%s message %s attempt %d: %s", self.channel, self.name, message_id, attempts, status)
+        return status

@@ -1,0 +1,124 @@
+"""The running engine: one Channel per enabled channel file, its source started, one delivery
+worker per destination, all connected through the internal topics. Channels are reloaded one
+at a time: a changed channel is stopped and started again while the others keep running."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from engine.config import LoadedChannel, Project
+from engine.core import registry
+from engine.core.component import ComponentContext, Source
+from engine.runtime.channel import Channel
+from engine.runtime.context import Context
+from engine.runtime.delivery import DeliveryWorker
+from engine.runtime.topics import TopicBus
+from engine.runtime.transforms import build_transform
+
+log = logging.getLogger("radbridge.engine")
+
+
+@dataclass
+class Running:
+    loaded: LoadedChannel
+    channel: Channel
+    source: Source | None
+    workers: list[DeliveryWorker]
+    listens: list[str] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.topics = TopicBus()
+        self.running: dict[str, Running] = {}
+
+    def component_context(self, channel: str) -> ComponentContext:
+        async def audit(action: str, **fields: object) -> None:
+            await self.ctx.audit.arecord(action, **fields)  # type: ignore[arg-type]
+
+        return ComponentContext(
+            channel=channel,
+            root=self.ctx.project.root,
+            audit=audit,
+            site_tz=ZoneInfo(self.ctx.project.engine.site.timezone),
+            topics=self.topics,
+        )
+
+    def build(self, loaded: LoadedChannel, project: Project) -> Running:
+        """Everything a channel needs, constructed but not started (so the CLI can reprocess with it)."""
+        cfg = loaded.config
+        cctx = self.component_context(cfg.name)
+        workers = []
+        for ref, dest in zip(cfg.destinations, loaded.destinations, strict=True):
+            destination = registry.build("destination", dest.kind, dest.config, cctx)
+            workers.append(DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry))
+        transform, accept = build_transform(loaded, project)
+        channel = Channel(
+            name=cfg.name,
+            ctx=self.ctx,
+            destinations=[d.name for d in loaded.destinations],
+            transform=transform,
+            accept_types=accept,
+            dedup_window=timedelta(seconds=cfg.dedup_window_s),
+            on_queued=lambda: [w.wake() for w in workers] and None,
+        )
+        source = registry.build("source", loaded.source_kind, loaded.source, cctx)
+        return Running(loaded, channel, source, workers)
+
+    async def start_channel(self, loaded: LoadedChannel, project: Project) -> Running:
+        running = self.build(loaded, project)
+        for worker in running.workers:
+            worker.start()
+        if running.source is not None:
+            running.listens = await running.source.start(running.channel.ingest)
+        self.running[loaded.config.name] = running
+        log.info("channel %s started", loaded.config.name)
+        return running
+
+    async def stop_channel(self, name: str) -> None:
+        running = self.running.pop(name, None)
+        if running is None:
+            return
+        if running.source is not None:
+            await running.source.stop()
+        for worker in running.workers:
+            await worker.stop()
+        log.info("channel %s stopped", name)
+
+    async def start(self) -> list[str]:
+        listens = []
+        for loaded in self.ctx.project.channels:
+            if loaded.config.enabled:
+                running = await self.start_channel(loaded, self.ctx.project)
+                listens += [f"{line} (channel {loaded.config.name})" for line in running.listens]
+        return listens
+
+    async def stop(self) -> None:
+        for name in list(self.running):
+            await self.stop_channel(name)
+
+    async def reload(self, project: Project) -> list[str]:
+        """Restart only the channels whose files (channel or mapping) changed; returns their names."""
+        old = {name: r.loaded for name, r in self.running.items()}
+        new = {c.config.name: c for c in project.channels if c.config.enabled}
+        changed = []
+        for name in sorted(set(old) | set(new)):
+            before, after = old.get(name), new.get(name)
+            if before is not None and after is not None and _files(before, self.ctx.project) == _files(after, project):
+                continue
+            changed.append(name)
+            await self.stop_channel(name)
+            if after is not None:
+                await self.start_channel(after, project)
+        self.ctx.project = project
+        self.ctx.messages.config_hash = project.hash
+        return changed
+
+
+def _files(loaded: LoadedChannel, project: Project) -> tuple[str | None, ...]:
+    mapping = loaded.config.mapping
+    return (project.files.get(loaded.path), project.files.get(mapping) if mapping else None)
