@@ -256,5 +256,32 @@ def messages_show(
         ctx.close()
 
 
+@messages_app.command("reprocess")
+def messages_reprocess(
+    message_ids: list[str] = typer.Argument(None, help="Message ids; or select with --channel/--status."),
+    root: Path = ROOT,
+    channel: str | None = typer.Option(None, help="Select this channel's messages."),
+    status: str | None = typer.Option(None, help="Select messages in this state (e.g. dead, error)."),
+    limit: int = typer.Option(100, help="At most this many selected messages."),
+) -> None:
+    """Run stored messages through their channel again, as new messages linked to the originals (audited)."""
+    from engine.runtime.reprocess import reprocess
+
+    if not message_ids and not (channel or status):
+        _fail("name message ids, or select with --channel and/or --status")
+    ctx = _context(root)
+    try:
+        ids = list(message_ids or []) or [
+            m.id for m in ctx.messages.list(channel=channel, status=status, limit=limit)
+        ]
+        results = _guard(lambda: asyncio.run(reprocess(ctx, ids, _actor())))
+    finally:
+        ctx.close()
+    for r in results:
+        typer.echo(f"{r.original} -> {r.new or '-'} {r.status}")
+    if any(r.new is None or r.status == "unavailable" for r in results):
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -61,8 +61,9 @@ class Channel:
     dedup_window: timedelta = timedelta(days=1)
     on_queued: Callable[[], None] = lambda: None  # wakes the delivery workers
 
-    async def ingest(self, inbound: Inbound, *, reprocess_of: str | None = None) -> Outcome:
+    async def ingest(self, inbound: Inbound, *, reprocess_of: str | None = None, actor: str | None = None) -> Outcome:
         ctx = self.ctx
+        actor = actor or f"peer:{inbound.peer}"
         flags: list[str] = []
         control_idx = ctx.index("control_id", f"{self.name}|{inbound.dedup}") if inbound.dedup else None
         content_mac = ctx.index.content(inbound.raw)
@@ -72,7 +73,7 @@ class Channel:
             for message_id, mac in earlier:
                 if mac == content_mac:
                     await ctx.audit.arecord(
-                        "message.duplicate", actor=f"peer:{inbound.peer}", record_ids=[message_id],
+                        "message.duplicate", actor=actor, record_ids=[message_id],
                         indexes={"control_id": control_idx}, detail={"channel": self.name},
                     )  # fmt: skip
                     return Outcome("duplicate", message_id=message_id)
@@ -102,7 +103,7 @@ class Channel:
         item.audit.append(
             ctx.audit.event(
                 "message.reprocessed" if reprocess_of else "message.received",
-                actor=f"peer:{inbound.peer}",
+                actor=actor,
                 outcome="success" if problem is None else "failure",
                 record_ids=[message_id] + ([reprocess_of] if reprocess_of else []),
                 indexes=indexes,

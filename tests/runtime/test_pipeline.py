@@ -153,3 +153,30 @@ async def test_topics_connect_channels(runtime_project: Path) -> None:
     finally:
         await eng.stop()
         ctx.close()
+
+
+async def test_reprocess_runs_a_dead_message_again_linked_and_audited(runtime_project: Path) -> None:
+    from engine.runtime.reprocess import reprocess
+
+    ctx = open_context(runtime_project)
+    eng = Engine(ctx)
+    await eng.start()
+    try:
+        SCRIPTS["peer"] = ["fail"]
+        raw = b"MSH|^~\\&|RIS|HOSP|RB|HOSP|20261121||ORM^O01|C9|P|2.3.1\rPID|1||MRN1\r"
+        from engine.runtime.reprocess import decode
+
+        outcome = await INBOXES["inbox"](decode("hl7v2", raw, "127.0.0.1:1"))
+        await _until(lambda: ctx.messages.get(outcome.message_id).status == "dead")
+        [result] = await reprocess(ctx, [outcome.message_id], "user:analyst")
+        assert result.status == "accepted" and result.new != outcome.message_id
+        await _until(lambda: ctx.messages.get(result.new).status == "sent")
+        assert RECEIVED["peer"] == [raw]
+        audit = AuditRow.__table__
+        with ctx.db.connect() as conn:
+            row = conn.execute(select(audit).where(audit.c.action == "message.reprocessed")).one()
+        assert json.loads(row.record_ids) == sorted([result.new, outcome.message_id])
+        assert row.actor == "user:analyst"
+    finally:
+        await eng.stop()
+        ctx.close()
