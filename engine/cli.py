@@ -103,6 +103,31 @@ def lint(
     typer.echo("ok")
 
 
+@app.command("test")
+def test_channels(
+    paths: list[Path] = typer.Argument(None, help="Case files or folders; default: tests/channels."),
+    root: Path = ROOT,
+) -> None:
+    """Run channel test cases (*_test.yaml) through the real pipeline with mocked destinations."""
+    from engine.runtime.channel_tests import case_files, run_file
+
+    files = case_files([Path(p) for p in paths or []], root.resolve())
+    if not files:
+        _fail("no *_test.yaml files found")
+    total, failures = 0, []
+    for path in files:
+        ran, failed = _guard(lambda path=path: asyncio.run(run_file(path.resolve(), root.resolve())))
+        total += ran
+        failures += failed
+    for failure in failures:
+        typer.echo(str(failure))
+    typer.echo(
+        f"{total - len({(f.path, f.line) for f in failures})} passed, {len({(f.path, f.line) for f in failures})} failed"
+    )
+    if failures:
+        raise typer.Exit(1)
+
+
 # -- keys --------------------------------------------------------------------------------------
 
 
@@ -271,9 +296,7 @@ def messages_reprocess(
         _fail("name message ids, or select with --channel and/or --status")
     ctx = _context(root)
     try:
-        ids = list(message_ids or []) or [
-            m.id for m in ctx.messages.list(channel=channel, status=status, limit=limit)
-        ]
+        ids = list(message_ids or []) or [m.id for m in ctx.messages.list(channel=channel, status=status, limit=limit)]
         results = _guard(lambda: asyncio.run(reprocess(ctx, ids, _actor())))
     finally:
         ctx.close()

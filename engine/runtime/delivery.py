@@ -24,9 +24,7 @@ POLL_S = 5.0  # also picks up work queued by another process (reprocess from the
 
 
 class DeliveryWorker:
-    def __init__(
-        self, ctx: Context, channel: str, name: str, destination: Destination, policy: RetryPolicy
-    ) -> None:
+    def __init__(self, ctx: Context, channel: str, name: str, destination: Destination, policy: RetryPolicy) -> None:
         self.ctx = ctx
         self.channel = channel
         self.name = name
@@ -115,5 +113,7 @@ class DeliveryWorker:
         )  # fmt: skip
         await ctx.writer.awrite(item)
         if status != "sent":
-            log.warning("delivery %s/%s message %s attempt %d: %s", self.channel, self.name, message_id, attempts, status)
+            log.warning(
+                "delivery %s/%s message %s attempt %d: %s", self.channel, self.name, message_id, attempts, status
+            )
         return status
