@@ -121,9 +121,8 @@ def test_channels(
         failures += failed
     for failure in failures:
         typer.echo(str(failure))
-    typer.echo(
-        f"{total - len({(f.path, f.line) for f in failures})} passed, {len({(f.path, f.line) for f in failures})} failed"
-    )
+    failed = len({(f.path, f.line) for f in failures})
+    typer.echo(f"{total - failed} passed, {failed} failed")
     if failures:
         raise typer.Exit(1)
 
