@@ -43,3 +43,26 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_0003_backfills_the_channel_of_queued_deliveries(tmp_path: Path) -> None:
+    engine = db.create(f"sqlite:///{tmp_path}/m.db")
+    db.migrate(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, channel, direction, kind, status, received_at, updated_at, config_hash,"
+                " size) VALUES ('m1', 'ris-orders', 'in', 'k', 'queued', '2026-01-01', '2026-01-01', 'h', 3)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (message_id, destination, status, attempts, updated_at)"
+                " VALUES ('m1', 'pacs', 'queued', 2, '2026-01-01')"
+            )
+        )
+    db.migrate(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT message_id, destination, channel, status, attempts FROM deliveries")).all()
+        assert rows == [("m1", "pacs", "ris-orders", "queued", 2)]
+        assert conn.execute(text("SELECT content_mac FROM messages")).scalar() is None
