@@ -14,7 +14,6 @@ from typing import NoReturn, TypeVar
 import typer
 
 from engine import __version__
-from engine.config import lint as lint_paths
 from engine.config import load_project
 from engine.core.errors import ConfigError, RadbridgeError
 
@@ -81,7 +80,14 @@ def run(root: Path = ROOT) -> None:
     from engine.runtime.context import open_context
     from engine.runtime.serve import serve
 
+    from engine.runtime.lint import lint_all
+
     _setup_logging()
+    problems = lint_all([], root)  # a bad channel or mapping stops the start, before anything listens
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        raise typer.Exit(2)
     ctx = _guard(lambda: open_context(root, create_dev_key=True))
     try:
         asyncio.run(serve(ctx, announce=lambda line: typer.echo(line)))
@@ -93,8 +99,11 @@ def run(root: Path = ROOT) -> None:
 def lint(
     paths: list[Path] = typer.Argument(None, help="Files or folders; default: the whole project."), root: Path = ROOT
 ) -> None:
-    """Check engine, channel and mapping files without starting anything; prints file:line:col: message."""
-    diagnostics = lint_paths(paths or [], root=root)
+    """Check engine, channel and mapping files (and .hl7 samples) without starting anything;
+    prints file:line:col: message."""
+    from engine.runtime.lint import lint_all
+
+    diagnostics = lint_all([Path(p) for p in paths or []], root)
     for d in diagnostics:
         typer.echo(str(d))
     if diagnostics:

@@ -124,7 +124,7 @@ async def _run_case(channel_name: str, case: Case, root: Path, scratch: Path) ->
         }
     )
     project = dataclasses.replace(project, engine=engine_cfg)
-    keyring.write_file(keyring.generate(dev=True), scratch / "keyring.json")
+    keyring.write_file(keyring.generate(dev=False), scratch / "keyring.json")  # throwaway
     ctx = open_context(root, project=project)
     try:
         engine = Engine(ctx)
@@ -188,7 +188,8 @@ def _compare(case: Case, output: bytes, root: Path) -> list[str]:
 
 
 def _dotted(record: dict[str, Any], key: str) -> Any:
-    value: Any = record
+    """`accession` reads the record's fields; `topic` and `type` the record itself."""
+    value: Any = record if key in ("topic", "type") else record.get("fields", {})
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value

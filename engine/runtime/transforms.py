@@ -5,13 +5,40 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from engine.config import LoadedChannel, Project
-from engine.runtime.channel import Transform
+from engine.core.component import Inbound
+from engine.mapping import MappingError, MappingRefused, Record, load_mapping
+from engine.runtime.channel import Invalid, Refused, Transform, Transformed
+
+# Record fields searchable by blind index, and the index kind each one goes to.
+INDEXED = {"accession": "accession", "patient_id": "mrn", "study_uid": "study_uid"}
 
 
 def build_transform(loaded: LoadedChannel, project: Project) -> tuple[Transform | None, tuple[str, ...]]:
-    """(transform or None, message types the channel accepts)."""
+    """(transform or None, message types the channel's source accepts). Compiles the mapping now,
+    so a bad mapping fails at load (ConfigInvalid with positions), never on the first message."""
     accept = tuple(getattr(loaded.source, "accept_types", None) or ())
     if loaded.config.mapping is None:
         return None, accept
-    raise NotImplementedError("mapping integration pending")  # replaced when engine.mapping lands
-    _ = ZoneInfo
+    compiled = load_mapping(project.root / loaded.config.mapping, project.root)
+    site_tz = ZoneInfo(project.engine.site.timezone)
+
+    def transform(inbound: Inbound) -> Transformed:
+        source = inbound.decoded
+        if inbound.kind == "record" and isinstance(source, dict):
+            source = Record.from_json(inbound.raw)
+        try:
+            records = compiled.apply(source, site_tz=site_tz)
+        except MappingRefused as exc:
+            raise Refused(exc.problem()) from None
+        except MappingError as exc:
+            raise Invalid(exc.problem()) from None
+        indexes: dict[str, str] = {}
+        for record in records:  # the first value of each kind is searchable (one column per kind)
+            for field, kind in INDEXED.items():
+                value = record.fields.get(field)
+                if value and kind not in indexes:
+                    indexes[kind] = str(value)
+        body = b"".join(record.to_json() + b"\n" for record in records)
+        return Transformed(body=body, records=[r.to_dict() for r in records], indexes=indexes)
+
+    return transform, accept

@@ -1,0 +1,354 @@
+"""Running a compiled mapping: the per-message path. Everything is decided at compile time
+(parsed paths, chosen functions, converters, tables); here we only read, transform and validate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from engine.hl7v2.er7 import Message, Segment
+from engine.hl7v2.escape import DEFAULT_DELIMITERS
+from engine.hl7v2.path import ALL, Path
+from engine.mapping import errors as E
+from engine.mapping.errors import MappingError, MappingRefused
+from engine.mapping.functions import StrFn, TableMiss, format_hl7, lookup
+from engine.mapping.outbound import SegmentKey, build_er7
+from engine.mapping.records import Record
+
+__all__ = ["CompiledMapping", "Rule", "Source", "When"]
+
+_NO = object()  # "no value": the field is left out of the record
+Index = dict[str, list[Segment]]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One path: `hl7` for HL7 sources, `field` (a record field name) for record sources."""
+
+    text: str
+    hl7: Path | None = None
+    field: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A compiled `when:`; `op` is in, not_in, equals or present."""
+
+    source: Source
+    op: str
+    values: frozenset[str] = frozenset()
+    present: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str  # output field (HL7 path text for `to: hl7v2`)
+    sources: tuple[Source, ...] = ()
+    constant: Any = None
+    required: bool = False
+    default: Any = None
+    fns: tuple[StrFn, ...] = ()
+    table_name: str | None = None
+    table: Mapping[str, str] | None = None
+    conv_name: str | None = None
+    conv: Callable[[Any, tzinfo], Any] | None = None
+    when: When | None = None
+    target: Path | None = None  # `to: hl7v2`: where the value is written
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def _read_segs(p: Path, segs: list[Segment]) -> tuple[str | None, Segment | None]:
+    occ = p.occurrence
+    if occ == ALL:
+        for seg in segs:
+            v = seg.get(p)
+            if v is not None:
+                return v, seg
+        return None, segs[0]
+    index = (occ or 1) - 1
+    if index >= len(segs):
+        return None, None
+    seg = segs[index]
+    if p.repetition == ALL:
+        return seg.get(p), seg
+    return seg.value(p.field, p.repetition or 1, p.component, p.subcomponent), seg
+
+
+class _Hl7Context:
+    """One record's view of a message: its group's segments first, then the header segments
+    (those before the first group; the whole message when the mapping has no `each`)."""
+
+    __slots__ = ("d", "group", "header", "message")
+
+    def __init__(self, message: Message, group: Index, header: Index) -> None:
+        self.message = message
+        self.group = group
+        self.header = header
+        self.d = message.encoding
+
+    def read(self, src: Source) -> Any:
+        p = src.hl7
+        segs = self.group.get(p.segment) or self.header.get(p.segment)  # type: ignore[union-attr]
+        if not segs:
+            return None
+        return _read_segs(p, segs)[0]  # type: ignore[arg-type]
+
+    def locate(self, src: Source) -> tuple[str | None, int | None, int | None]:
+        p = src.hl7
+        if p is None:
+            return (None, None, None)
+        segs = self.group.get(p.segment) or self.header.get(p.segment)
+        seg = _read_segs(p, segs)[1] if segs else None
+        sequence = None
+        if seg is not None:
+            sequence = next(i for i, s in enumerate(self.message.segments(p.segment), 1) if s is seg)
+        return (p.segment, sequence, p.field)
+
+
+class _RecordContext:
+    __slots__ = ("d", "fields")
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = fields
+        self.d = DEFAULT_DELIMITERS
+
+    def read(self, src: Source) -> Any:
+        v = self.fields.get(src.field)  # type: ignore[arg-type]
+        return None if v is None or v == "" else v
+
+    def locate(self, src: Source) -> tuple[str | None, int | None, int | None]:
+        return (None, None, None)
+
+
+Context = _Hl7Context | _RecordContext
+
+
+def split_groups(message: Message, each: str | None) -> tuple[Index, list[Index]]:
+    """(header index, one index per group). Without `each`: no header, one group (the message)."""
+    header: Index = {}
+    if each is None:
+        for seg in message:
+            header.setdefault(seg.name, []).append(seg)
+        return {}, [header]
+    groups: list[Index] = []
+    target = header
+    for seg in message:
+        name = seg.name
+        if name == each:
+            target = {}
+            groups.append(target)
+        lst = target.get(name)
+        if lst is None:
+            target[name] = [seg]
+        else:
+            lst.append(seg)
+    return header, groups
+
+
+# --- the mapping ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledMapping:
+    """A mapping file ready to run. Build with `engine.mapping.compile_mapping` (or `load_mapping`)."""
+
+    name: str  # file stem, used in error texts
+    path: str  # as displayed in diagnostics
+    source: str  # hl7v2 | order | patient
+    target: str  # order | patient | hl7v2
+    rules: tuple[Rule, ...]
+    topic: Rule | None = None
+    model: type[BaseModel] | None = None  # target record model; None for hl7v2
+    each: str | None = None
+    accept: Mapping[str, frozenset[str] | None] = field(default_factory=dict)  # code -> triggers (None: any)
+    segment_order: tuple[SegmentKey, ...] = ()  # `to: hl7v2`
+    template: tuple[tuple[Path, str], ...] = ()  # `to: hl7v2`
+
+    # -- public
+
+    def accepts(self, message_type: str | None) -> bool:
+        """Whether a message type ('ORM^O01') would be taken."""
+        code, _, trigger = (message_type or "").partition("^")
+        return self._refusal(code or None, trigger or None) is None
+
+    def apply(self, message: Any, *, site_tz: tzinfo) -> list[Record]:
+        """Map one inbound message (an engine.hl7v2.Message for `from: hl7v2`; a Record or a field
+        mapping for record sources). Raises MappingRefused / MappingError."""
+        if self.source == "hl7v2":
+            contexts = self._hl7_contexts(message)
+        else:
+            fields = message.fields if isinstance(message, Record) else message
+            contexts = [_RecordContext(fields)]
+        if self.target == "hl7v2":
+            return [Record("hl7v2", None, {"er7": self._build(contexts[0], site_tz, None, None)})]
+        return [self._record(ctx, site_tz, n if self.each else None) for n, ctx in enumerate(contexts, 1)]
+
+    def build(
+        self,
+        record: Record | Mapping[str, Any],
+        *,
+        site_tz: tzinfo,
+        control_id: str | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """`to: hl7v2` only: the ER7 text (segments separated by CR) for one record."""
+        if self.target != "hl7v2":
+            raise TypeError(f"mapping {self.name} produces {self.target} records, not hl7v2")
+        fields = record.fields if isinstance(record, Record) else record
+        return self._build(_RecordContext(fields), site_tz, control_id, now)
+
+    # -- internals
+
+    def _refusal(self, code: str | None, trigger: str | None) -> int | None:
+        if not self.accept:
+            return None
+        if code not in self.accept:
+            return E.UNSUPPORTED_MESSAGE_TYPE
+        triggers = self.accept[code]
+        if triggers is not None and trigger not in triggers:
+            return E.UNSUPPORTED_EVENT_CODE
+        return None
+
+    def _hl7_contexts(self, message: Message) -> list[Context]:
+        if self.accept:
+            code, trigger = message.message_code, message.trigger_event
+            refused = self._refusal(code, trigger)
+            if refused is not None:
+                shown = message.message_type or "a message without MSH-9"
+                text = f"mapping {self.name} does not accept {shown} (accepts {', '.join(self._accepted())})"
+                raise MappingRefused(text, mapping=self.name, message_type=message.message_type, code=refused)
+        header, groups = split_groups(message, self.each)
+        if not groups:
+            raise MappingError(
+                f"mapping {self.name}: the message has no {self.each} segment",
+                mapping=self.name, field=None, code=E.SEGMENT_SEQUENCE_ERROR, segment=self.each,
+            )  # fmt: skip
+        return [_Hl7Context(message, g, header) for g in groups]
+
+    def _accepted(self) -> list[str]:
+        out = []
+        for code, triggers in self.accept.items():
+            out += [code] if triggers is None else [f"{code}^{t}" for t in sorted(triggers)]
+        return out
+
+    def _fail(
+        self, ctx: Context, rule: Rule, src: Source | None, code: int, text: str, group: int | None
+    ) -> MappingError:
+        segment, sequence, number = ctx.locate(src) if src is not None else (None, None, None)
+        paths = tuple(s.text for s in rule.sources)
+        return MappingError(
+            f"mapping {self.name}: {text}", mapping=self.name, field=rule.name, paths=paths, code=code,
+            segment=segment, sequence=sequence, hl7_field=number, group=group,
+        )  # fmt: skip
+
+    def _value(self, rule: Rule, ctx: Context, tz: tzinfo, group: int | None) -> Any:
+        when = rule.when
+        if when is not None and not _holds(when, ctx, tz):
+            return _NO
+        src: Source | None = None  # where the value came from (None: a constant or the default)
+        value = rule.constant
+        if value is None:
+            d = ctx.d
+            for candidate in rule.sources:
+                v = ctx.read(candidate)
+                if v is None:
+                    continue
+                if rule.fns:
+                    if not isinstance(v, str):
+                        v = format_hl7(v, tz)
+                    for fn in rule.fns:
+                        v = fn(v, d)
+                    if not v:
+                        continue
+                value, src = v, candidate
+                break
+        if value is not None and rule.table is not None:
+            try:
+                value = lookup(rule.table, value if isinstance(value, str) else format_hl7(value, tz))  # type: ignore[arg-type]
+            except TableMiss:
+                where = f" (read from {src.text})" if src is not None else ""
+                text = f"field '{rule.name}': code not found in table '{rule.table_name}'{where}"
+                raise self._fail(ctx, rule, src, E.TABLE_VALUE_NOT_FOUND, text, group) from None
+            if value == "":
+                value = None
+        if value is None:
+            value = rule.default
+        if value is None:
+            if rule.required:
+                tried = ", ".join(s.text for s in rule.sources)
+                first = rule.sources[0] if rule.sources else None
+                raise self._fail(
+                    ctx, rule, first, E.REQUIRED_FIELD_MISSING,
+                    f"required field '{rule.name}' is empty (tried {tried})", group,
+                )  # fmt: skip
+            return _NO
+        if rule.conv is not None:
+            try:
+                value = rule.conv(value, tz)
+            except ValueError as exc:
+                reason = str(exc)  # our converters' texts never quote the value
+                where = f" (read from {src.text})" if src is not None else ""
+                raise self._fail(
+                    ctx, rule, src, E.DATA_TYPE_ERROR, f"field '{rule.name}': {reason}{where}", group
+                ) from None
+        return value
+
+    def _record(self, ctx: Context, tz: tzinfo, group: int | None) -> Record:
+        fields: dict[str, Any] = {}
+        for rule in self.rules:
+            v = self._value(rule, ctx, tz, group)
+            if v is not _NO:
+                fields[rule.name] = v
+        model = self.model
+        assert model is not None
+        try:
+            valid = model.model_validate(fields)
+        except ValidationError as exc:
+            raise self._invalid(exc, ctx, group) from None
+        fields = {k: getattr(valid, k) for k in fields}
+        topic: str | None = None
+        if self.topic is not None:  # a rule that gives no value falls back to <type>.<event>
+            t = self._value(self.topic, ctx, tz, group)
+            topic = None if t is _NO else str(t)
+        if topic is None and "event" in fields:
+            topic = f"{self.target}.{fields['event']}"
+        return Record(self.target, topic, fields)
+
+    def _invalid(self, exc: ValidationError, ctx: Context, group: int | None) -> MappingError:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        rule = next((r for r in self.rules if r.name == name), Rule(name))
+        if err["type"] == "missing":
+            return self._fail(ctx, rule, None, E.REQUIRED_FIELD_MISSING, f"required field '{name}' is empty", group)
+        src = next((s for s in rule.sources if ctx.read(s) is not None), None)
+        msg = str(err["msg"])
+        return self._fail(ctx, rule, src, E.DATA_TYPE_ERROR, f"field '{name}': {msg[:1].lower()}{msg[1:]}", group)
+
+    def _build(self, ctx: Context, tz: tzinfo, control_id: str | None, now: datetime | None) -> str:
+        values: list[tuple[Path, object]] = list(self.template)
+        for rule in self.rules:
+            v = self._value(rule, ctx, tz, None)
+            if v is not _NO:
+                values.append((rule.target, v))  # type: ignore[arg-type]
+        return build_er7(self.segment_order, values, site_tz=tz, control_id=control_id, now=now)
+
+
+def _holds(test: When, ctx: Context, tz: tzinfo) -> bool:
+    v = ctx.read(test.source)
+    op = test.op
+    if op == "present":
+        return (v is not None) is test.present
+    if v is not None and not isinstance(v, str):
+        v = format_hl7(v, tz)
+    if op == "in":
+        return v in test.values
+    if op == "not_in":
+        return v not in test.values
+    return v is not None and v in test.values  # equals: a one-element set

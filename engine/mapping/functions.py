@@ -1,0 +1,167 @@
+"""The mapping language's building blocks: string functions (`fn:`), conversions (`as:`) and
+table lookups (`map:`). All are plain functions chosen once at compile time.
+
+Error texts name what is wrong, never the value: values are patient data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from engine.hl7v2.escape import Delimiters
+from engine.hl7v2.timestamps import parse_date, parse_dtm
+
+__all__ = ["CONVERSIONS", "FUNCTIONS", "TableMiss", "convert", "format_hl7", "lookup"]
+
+StrFn = Callable[[str, Delimiters], str]
+
+
+def _trim(value: str, d: Delimiters) -> str:
+    return value.strip()
+
+
+def _upper(value: str, d: Delimiters) -> str:
+    return value.upper()
+
+
+def _lower(value: str, d: Delimiters) -> str:
+    return value.lower()
+
+
+def _digits(value: str, d: Delimiters) -> str:
+    return "".join(c for c in value if c.isascii() and c.isdigit())
+
+
+def _first_component(value: str, d: Delimiters) -> str:
+    return value.split(d.component, 1)[0].split(d.subcomponent, 1)[0]
+
+
+def _component(n: int) -> StrFn:
+    def pick(value: str, d: Delimiters) -> str:
+        parts = value.split(d.component)
+        return parts[n - 1] if n <= len(parts) else ""
+
+    return pick
+
+
+def _strip_leading_zeros(value: str, d: Delimiters) -> str:
+    stripped = value.lstrip("0")
+    return stripped if stripped or not value else "0"
+
+
+def _person_name(value: str, d: Delimiters) -> str:
+    # XPN family^given^middle^suffix^prefix -> DICOM-style family^given^middle (no trailing '^').
+    parts = value.split(d.component)[:3]
+    parts[0] = parts[0].split(d.subcomponent, 1)[0]
+    return "^".join(p.strip() for p in parts).rstrip("^")
+
+
+FUNCTIONS: dict[str, tuple[StrFn, str]] = {
+    "trim": (_trim, "remove leading and trailing spaces"),
+    "upper": (_upper, "upper-case"),
+    "lower": (_lower, "lower-case"),
+    "digits": (_digits, "keep only the digits 0-9"),
+    "first_component": (_first_component, "text before the first component (^) or sub-component (&) separator"),
+    "second_component": (_component(2), "text between the first and second component separator (^)"),
+    "third_component": (_component(3), "text between the second and third component separator (^)"),
+    "strip_leading_zeros": (_strip_leading_zeros, "remove leading zeros (all zeros become 0)"),
+    "person_name": (
+        _person_name,
+        "an HL7 name (XPN) as family^given^middle, trailing empty parts dropped (DICOM PatientName order)",
+    ),
+}
+"""Name -> (function, one-line description). Each takes the value and the message's delimiters."""
+
+
+# --- conversions (`as:`) ------------------------------------------------------------------------
+
+
+def _as_str(value: Any, tz: tzinfo) -> Any:
+    return value if isinstance(value, str) else format_hl7(value, tz)
+
+
+def _as_int(value: Any, tz: tzinfo) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    body = text[1:] if text[:1] in "+-" else text
+    if not (body.isascii() and body.isdigit()):
+        raise ValueError("not an integer")
+    return int(text)
+
+
+def _as_decimal(value: Any, tz: tzinfo) -> Any:
+    if isinstance(value, Decimal):
+        return value
+    try:
+        out = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError("not a decimal number") from None
+    if not out.is_finite():
+        raise ValueError("not a decimal number")
+    return out
+
+
+def _as_date(value: Any, tz: tzinfo) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(tz).date()
+    if isinstance(value, date):
+        return value
+    return parse_date(str(value))
+
+
+def _as_datetime(value: Any, tz: tzinfo) -> Any:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=tz)
+    return parse_dtm(str(value), tz)
+
+
+CONVERSIONS: dict[str, Callable[[Any, tzinfo], Any]] = {
+    "str": _as_str,
+    "int": _as_int,
+    "decimal": _as_decimal,
+    "date": _as_date,
+    "datetime": _as_datetime,
+}
+
+
+def convert(kind: str, value: Any, tz: tzinfo) -> Any:
+    """Convert `value` per `as: kind`; ValueError says what is wrong without quoting the value."""
+    return CONVERSIONS[kind](value, tz)
+
+
+def format_hl7(value: Any, tz: tzinfo) -> str:
+    """A Python value as HL7 text: DTM (site time, with offset) for datetimes, DT for dates."""
+    if isinstance(value, datetime):
+        local = value.astimezone(tz) if value.tzinfo else value.replace(tzinfo=tz)
+        text = local.strftime("%Y%m%d%H%M%S")
+        if local.microsecond:
+            text += f".{local.microsecond:06d}".rstrip("0")
+        return text + local.strftime("%z")
+    if isinstance(value, date):
+        return value.strftime("%Y%m%d")
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    return str(value)
+
+
+# --- tables (`map:`) ----------------------------------------------------------------------------
+
+
+class TableMiss(LookupError):
+    """A code is not in the table and the table has no "*" entry."""
+
+
+def lookup(table: dict[str, str], code: str) -> str:
+    """Translate `code`; "*" is the fallback entry when present."""
+    out = table.get(code)
+    if out is None:
+        out = table.get("*")
+        if out is None:
+            raise TableMiss()  # never the code itself: it may be patient data
+    return out

@@ -1,0 +1,123 @@
+"""Canonical records: what mappings produce from HL7 (and read back to build outbound messages).
+
+Records are flat on purpose: one level of named fields, so a mapping path is `order.accession` and a
+stored record is one small JSON object. Each model forbids unknown fields and documents every field;
+a mapped record is validated against its model before it leaves the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["MODELS", "Order", "PatientEvent", "Record", "field_names"]
+
+
+class _Canonical(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Order(_Canonical):
+    """An imaging order as the RIS/EHR placed, changed or cancelled it."""
+
+    event: Literal["accepted", "changed", "cancelled"] = Field(
+        description="What happened to the order: accepted (new), changed, cancelled."
+    )
+    order_control: str | None = Field(None, description="The sender's order control code (ORC-1, table 0119).")
+    order_status: str | None = Field(None, description="Order status as sent (ORC-5, table 0038).")
+    accession: str | None = Field(None, description="Accession number: the key that links the order to its study.")
+    accession_issuer: str | None = Field(None, description="Who assigned the accession number (namespace).")
+    placer_number: str | None = Field(None, description="Placer order number (ORC-2 / OBR-2).")
+    filler_number: str | None = Field(None, description="Filler order number (ORC-3 / OBR-3).")
+    requested_procedure_id: str | None = Field(None, description="Requested procedure id (IPC-2, OBR-19).")
+    patient_id: str | None = Field(None, description="Patient identifier (MRN) at the sending facility.")
+    patient_id_issuer: str | None = Field(None, description="Assigning authority of `patient_id`.")
+    patient_name: str | None = Field(None, description="Family^Given^Middle, as in DICOM PatientName.")
+    birth_date: date | None = Field(None, description="Date of birth.")
+    sex: str | None = Field(None, description="Administrative sex code as sent (HL7 table 0001: F, M, O, U, ...).")
+    priority: Literal["routine", "urgent", "asap", "stat"] | None = Field(
+        None, description="Reading priority, normalised from the sender's codes."
+    )
+    procedure_code: str | None = Field(None, description="Ordered procedure code (OBR-4.1).")
+    procedure_text: str | None = Field(None, description="Ordered procedure description (OBR-4.2).")
+    modality: str | None = Field(None, description="Modality or diagnostic service section (CT, MR, CR, ...).")
+    body_part: str | None = Field(None, description="Body part examined, when the sender gives one.")
+    study_uid: str | None = Field(None, description="DICOM Study Instance UID assigned at ordering (ZDS-1, IPC-3).")
+    ordered_at: datetime | None = Field(None, description="When the order was placed (ORC-9).")
+    requested_at: datetime | None = Field(None, description="When the procedure is requested to start.")
+    reason: str | None = Field(None, description="Reason for the study / relevant clinical information.")
+    ordering_provider: str | None = Field(None, description="Identifier of the ordering provider.")
+    sending_application: str | None = Field(None, description="Sending application (MSH-3).")
+    sending_facility: str | None = Field(None, description="Sending facility (MSH-4).")
+
+
+class PatientEvent(_Canonical):
+    """A change to a patient's demographics or identity (ADT)."""
+
+    event: Literal["updated", "merged", "identifier_changed"] = Field(
+        description="updated (demographics), merged (prior record merged into this one), identifier_changed."
+    )
+    patient_id: str | None = Field(None, description="The patient's (surviving, correct) identifier.")
+    patient_id_issuer: str | None = Field(None, description="Assigning authority of `patient_id`.")
+    prior_patient_id: str | None = Field(None, description="The identifier being merged away or replaced (MRG-1).")
+    prior_patient_id_issuer: str | None = Field(None, description="Assigning authority of `prior_patient_id`.")
+    name: str | None = Field(None, description="Family^Given^Middle, as in DICOM PatientName.")
+    birth_date: date | None = Field(None, description="Date of birth.")
+    sex: str | None = Field(None, description="Administrative sex code as sent (HL7 table 0001).")
+    sending_application: str | None = Field(None, description="Sending application (MSH-3).")
+    sending_facility: str | None = Field(None, description="Sending facility (MSH-4).")
+
+
+MODELS: dict[str, type[_Canonical]] = {"order": Order, "patient": PatientEvent}
+"""Record type name (a mapping's `to:` / `from:`) -> model."""
+
+
+def field_names(record_type: str) -> list[str]:
+    return list(MODELS[record_type].model_fields)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One mapped record. `fields` holds only the fields that have a value, as Python values
+    (str, int, Decimal, date, aware datetime); `topic` is where the runtime publishes it."""
+
+    type: str
+    topic: str | None
+    fields: dict[str, Any] = field(hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: dates and times as ISO 8601, decimals as strings."""
+        return json.loads(self.to_json())
+
+    def to_json(self) -> bytes:
+        """Deterministic JSON (sorted keys, no spaces, UTF-8): equal records give equal bytes."""
+        body = {"type": self.type, "topic": self.topic, "fields": self.fields}
+        return json.dumps(
+            body, default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Record:
+        """Read `to_json` output back; canonical records are re-validated (types restored)."""
+        body = json.loads(data)
+        kind, fields = body["type"], body["fields"]
+        model = MODELS.get(kind)
+        if model is not None:
+            fields = model.model_validate(fields).model_dump(exclude_none=True)
+        return cls(kind, body.get("topic"), fields)
+
+    def __repr__(self) -> str:  # never the values: they are PHI
+        return f"Record(type={self.type!r}, topic={self.topic!r}, fields=[{', '.join(sorted(self.fields))}])"
