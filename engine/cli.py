@@ -78,9 +78,8 @@ def version() -> None:
 def run(root: Path = ROOT) -> None:
     """Start the engine in the foreground on the project's configuration; prints what it listens on."""
     from engine.runtime.context import open_context
-    from engine.runtime.serve import serve
-
     from engine.runtime.lint import lint_all
+    from engine.runtime.serve import serve
 
     _setup_logging()
     problems = lint_all([], root)  # a bad channel or mapping stops the start, before anything listens
@@ -133,6 +132,41 @@ def test_channels(
     failed = len({(f.path, f.line) for f in failures})
     typer.echo(f"{total - failed} passed, {failed} failed")
     if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    files: list[Path] = typer.Argument(..., help="HL7 files: one or many messages each, FHS/BHS batches accepted."),
+    to: str = typer.Option(..., "--to", help="host:port of the MLLP listener."),
+    tls_ca: Path | None = typer.Option(None, help="Use TLS, verifying the server against this CA (PEM)."),
+    tls_cert: Path | None = typer.Option(None, help="Client certificate (PEM) for mutual TLS."),
+    tls_key: Path | None = typer.Option(None, help="Private key of the client certificate (PEM)."),
+    timeout: float = typer.Option(30.0, help="Seconds to wait for each ACK."),
+) -> None:
+    """Send HL7 messages over MLLP and print each ACK: control id, code, error code, time. Never content."""
+    from engine.connectors.mllp import send_messages
+    from engine.hl7v2.batch import BatchError, split_messages
+    from engine.security.tls import client_context
+
+    host, _, port = to.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--to must be host:port, got {to!r}")
+    messages: list[bytes] = []
+    for path in files:
+        try:
+            messages += split_messages(path.read_bytes())
+        except (OSError, BatchError) as exc:
+            _fail(f"{path}: {exc}")
+    tls = None
+    if tls_ca or tls_cert:
+        tls = client_context(str(tls_ca) if tls_ca else None, tls_cert and str(tls_cert), tls_key and str(tls_key))
+    results = _guard(lambda: asyncio.run(send_messages(messages, host, int(port), tls=tls, timeout_s=timeout)))
+    for n, r in enumerate(results, 1):
+        error = f" ERR {r.error_code}" if r.error_code else ""
+        note = f" ({r.note})" if r.note else ""
+        typer.echo(f"{n}/{len(messages)} {r.control_id or '-'} {r.code or 'no ACK'}{error} {r.elapsed_ms:.1f} ms{note}")
+    if len(results) < len(messages) or any(r.code not in ("AA", "CA") for r in results):
         raise typer.Exit(1)
 
 

@@ -196,6 +196,11 @@ class DestinationRef(Strict):
     name: str = Field(pattern=SLUG, description="Label of this destination, unique within the channel.")
     kind: str = Field(description="Registered destination name, e.g. mllp, fhir, http, file.")
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries with backoff, then dead letter.")
+    body: Literal["transformed", "raw"] = Field(
+        "transformed",
+        description="What this destination is sent: the mapping's output (the message as received when the "
+        "channel has no mapping), or always the message as received (to pass HL7 through unchanged).",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="The other keys, validated by the component's own Config model."
     )
@@ -203,7 +208,7 @@ class DestinationRef(Strict):
     @model_validator(mode="before")
     @classmethod
     def _park(cls, data: Any) -> Any:
-        return _split_options(data, ("name", "kind", "retry"))
+        return _split_options(data, ("name", "kind", "retry", "body"))
 
 
 class ChannelConfig(Strict):

@@ -6,8 +6,8 @@ Built-in components and third-party ones arrive the same way, through the entry 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal, TypeVar

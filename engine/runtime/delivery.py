@@ -24,12 +24,21 @@ POLL_S = 5.0  # also picks up work queued by another process (reprocess from the
 
 
 class DeliveryWorker:
-    def __init__(self, ctx: Context, channel: str, name: str, destination: Destination, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        channel: str,
+        name: str,
+        destination: Destination,
+        policy: RetryPolicy,
+        body: str = "transformed",
+    ) -> None:
         self.ctx = ctx
         self.channel = channel
         self.name = name
         self.destination = destination
         self.policy = policy
+        self.body = body
         self.queues = Queues(ctx.db)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -73,9 +82,8 @@ class DeliveryWorker:
         """One delivery attempt of the queue's head; returns the delivery's new status."""
         ctx, message_id, attempts = self.ctx, due.message_id, due.attempts + 1
         view = ctx.messages.get(message_id)
-        body = await asyncio.to_thread(
-            ctx.messages.read, message_id, "transformed" if view and "transformed" in view.parts else "raw"
-        )
+        part = "transformed" if self.body == "transformed" and view and "transformed" in view.parts else "raw"
+        body = await asyncio.to_thread(ctx.messages.read, message_id, part)
         kind = view.kind if view else ""
         started = utcnow()
         response, error, status, next_at = None, None, "sent", None
@@ -83,14 +91,14 @@ class DeliveryWorker:
             delivered = await self.destination.send(Outbound(message_id, self.name, body, kind))
             response = delivered.response
         except RetryableError as exc:
-            error = str(exc) or type(exc).__name__
+            error, response = str(exc) or type(exc).__name__, getattr(exc, "response", None)
             if attempts >= self.policy.max_attempts:
                 status = "dead"
             else:
                 status = "queued"
                 next_at = utcnow() + backoff(attempts, self.policy.backoff_s, self.policy.max_backoff_s)
         except PermanentError as exc:
-            error, status = str(exc) or type(exc).__name__, "dead"
+            error, status, response = str(exc) or type(exc).__name__, "dead", getattr(exc, "response", None)
         except Exception as exc:  # noqa: BLE001 - a connector bug must not stop the queue; retry it
             error = f"unexpected {type(exc).__name__}"
             log.exception("destination %s/%s failed unexpectedly", self.channel, self.name)
@@ -98,8 +106,8 @@ class DeliveryWorker:
             if status == "queued":
                 next_at = utcnow() + backoff(attempts, self.policy.backoff_s, self.policy.max_backoff_s)
         item = Queues.mark(message_id, self.name, status, attempts, error, next_at)
-        if response is not None:
-            item.extend(ctx.messages.add_part(message_id, f"response:{self.name}", response))
+        if response is not None:  # the peer's answer, kept sealed; a later attempt's answer replaces it
+            item.extend(ctx.messages.put_part(message_id, f"response:{self.name}", response))
         overall = await asyncio.to_thread(self.queues.overall, message_id, {self.name: status})
         item.extend(ctx.messages.set_status(message_id, overall, error if overall == "dead" else None))
         action = {"sent": "message.sent", "queued": "message.send_failed", "dead": "message.dead"}[status]

@@ -55,7 +55,7 @@ class Engine:
         workers = []
         for ref, dest in zip(cfg.destinations, loaded.destinations, strict=True):
             destination = registry.build("destination", dest.kind, dest.config, cctx)
-            workers.append(DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry))
+            workers.append(DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body))
         transform, accept = build_transform(loaded, project)
         channel = Channel(
             name=cfg.name,

@@ -27,6 +27,10 @@ _messages = Message.__table__
 _contents = Content.__table__
 _keys = DataKeyRow.__table__
 _deliveries = Delivery.__table__
+_DELETE_PART = _contents.delete().where(
+    (_contents.c.message_id == bindparam("p_message")) & (_contents.c.part == bindparam("p_part"))
+)
+_INSERT_PART = _contents.insert()
 _SET_STATUS = (
     update(_messages)
     .where(_messages.c.id == bindparam("m_id"))
@@ -127,6 +131,13 @@ class Messages:
     def add_part(self, message_id: str, part: str, data: bytes) -> WriteItem:
         """Seal another part (transformed, sent:<dest>, response:<dest>) under the message's data key."""
         return WriteItem(inserts=[(_contents, self._content_row(self._data_key(message_id), part, data))])
+
+    def put_part(self, message_id: str, part: str, data: bytes) -> WriteItem:
+        """Like add_part, replacing the part if it exists (the newest response of a retried delivery)."""
+        row = self._content_row(self._data_key(message_id), part, data)
+        params = {"p_message": message_id, "p_part": part}
+        # As statements, in this order: the writer runs plain inserts before statements.
+        return WriteItem(statements=[(_DELETE_PART, params), (_INSERT_PART, row)])
 
     def set_status(self, message_id: str, status: str, error: str | None = None) -> WriteItem:
         if status not in STATUSES:

@@ -117,3 +117,11 @@ def test_failing_item_fails_alone(ctx: Context) -> None:
 def test_blob_names_are_validated(tmp_path: Path, ctx: Context) -> None:
     with pytest.raises(ValueError):
         ctx.messages.blobs.path("../../etc/passwd")
+
+
+def test_put_part_replaces(ctx: Context) -> None:
+    message_id = _store(ctx, b"raw")
+    ctx.writer.write(ctx.messages.put_part(message_id, "response:pacs", b"first answer"))
+    ctx.writer.write(ctx.messages.put_part(message_id, "response:pacs", b"second answer"))
+    assert ctx.messages.read(message_id, "response:pacs") == b"second answer"
+    assert ctx.messages.get(message_id).parts == ("raw", "response:pacs")
