@@ -20,7 +20,9 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("channel", sa.String(128), nullable=False, server_default=""))
-    op.execute("UPDATE deliveries SET channel = (SELECT channel FROM messages WHERE messages.id = deliveries.message_id)")
+    op.execute(
+        "UPDATE deliveries SET channel = (SELECT channel FROM messages WHERE messages.id = deliveries.message_id)"
+    )
     with op.batch_alter_table("deliveries") as batch:
         batch.alter_column("channel", server_default=None)
         batch.drop_index("ix_deliveries_due")
