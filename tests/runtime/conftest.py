@@ -74,7 +74,10 @@ CHANNELS = {
         name: inbox
         source: {kind: test-inbox, accept_types: [ORM^O01]}
         destinations:
-          - {name: peer, kind: test-scripted, label: peer, retry: {max_attempts: 3, backoff_s: 0.01, max_backoff_s: 0.02}}
+          - name: peer
+            kind: test-scripted
+            label: peer
+            retry: {max_attempts: 3, backoff_s: 0.01, max_backoff_s: 0.02}
         """,
 }
 
