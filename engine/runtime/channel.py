@@ -31,7 +31,6 @@ Transform = Callable[[Inbound], "Transformed"]
 @dataclass(frozen=True)
 class Transformed:
     body: bytes
-    records: list[dict[str, Any]] = field(default_factory=list)
     indexes: dict[str, str] = field(default_factory=dict)  # blind-index kind -> value (still clear here)
 
 

@@ -53,6 +53,7 @@ class Context:
         return write_checkpoint(self.db, self.keyring, self.node)
 
     def close(self) -> None:
+        self.messages.close()
         self.writer.close()
         self.db.dispose()
 

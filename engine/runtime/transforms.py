@@ -39,6 +39,6 @@ def build_transform(loaded: LoadedChannel, project: Project) -> tuple[Transform 
                 if value and kind not in indexes:
                     indexes[kind] = str(value)
         body = b"".join(record.to_json() + b"\n" for record in records)
-        return Transformed(body=body, records=[r.to_dict() for r in records], indexes=indexes)
+        return Transformed(body=body, indexes=indexes)
 
     return transform, accept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from engine.core.ids import new_id
 from engine.security.vault import DataKey, Vault, WrappedKey
 from engine.store.blobs import BlobFolder
 from engine.store.tables import STATUSES, Content, DataKeyRow, Delivery, Message
+from engine.store.sql import Compiled
 from engine.store.writer import WriteItem
 
 INDEX_COLUMNS = {
@@ -31,6 +33,12 @@ _DELETE_PART = _contents.delete().where(
     (_contents.c.message_id == bindparam("p_message")) & (_contents.c.part == bindparam("p_part"))
 )
 _INSERT_PART = _contents.insert()
+_SAME_CONTROL = (
+    select(_messages.c.id, _messages.c.content_mac)
+    .where(_messages.c.control_idx == bindparam("c"), _messages.c.received_at >= bindparam("since"))
+    .order_by(_messages.c.id.desc())
+    .limit(10)
+)
 _SET_STATUS = (
     update(_messages)
     .where(_messages.c.id == bindparam("m_id"))
@@ -63,6 +71,9 @@ class Messages:
         self.blobs = blobs
         self.config_hash = config_hash
         self.inline_max = inline_max
+        self._sql = Compiled(engine.dialect)
+        self._hot: Any = None  # DBAPI connection for the per-message duplicate check
+        self._hot_lock = threading.Lock()
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -168,15 +179,22 @@ class Messages:
     # -- reading -------------------------------------------------------------------------------
 
     def same_control(self, control_idx: str, since: datetime) -> list[tuple[str, str | None]]:
-        """(id, content_mac) of recent messages carrying this sender + control id, newest first."""
-        query = (
-            select(_messages.c.id, _messages.c.content_mac)
-            .where(_messages.c.control_idx == control_idx, _messages.c.received_at >= since)
-            .order_by(_messages.c.id.desc())
-            .limit(10)
-        )
-        with self.engine.connect() as conn:
-            return [(r.id, r.content_mac) for r in conn.execute(query)]
+        """(id, content_mac) of recent messages carrying this sender + control id, newest first.
+        Asked for every incoming message, so it runs on a connection of its own, compiled once."""
+        with self._hot_lock:
+            if self._hot is None:
+                self._hot = self.engine.raw_connection()
+            cursor = self._hot.cursor()
+            try:
+                return [tuple(r) for r in self._sql.execute(cursor, _SAME_CONTROL, {"c": control_idx, "since": since})]
+            finally:
+                cursor.close()
+
+    def close(self) -> None:
+        with self._hot_lock:
+            if self._hot is not None:
+                self._hot.close()
+                self._hot = None
 
     def _data_key(self, message_id: str) -> DataKey:
         with self.engine.connect() as conn:

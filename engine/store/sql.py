@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
-from sqlalchemy import Executable, Table
+from sqlalchemy import Executable, LargeBinary, Table
 from sqlalchemy.engine import Dialect
 
 Processor = Callable[[Any], Any] | None
-_Plan = tuple[str, list[tuple[str, Processor]], bool, dict[str, Any]]
+
+
+class _Plan(NamedTuple):
+    sql: str
+    names: list[str]
+    fixups: list[tuple[int, str, Callable[[Any], Any]]]  # (position, name, processor): only typed columns
+    positional: bool
+    defaults: dict[str, Any]
+    get: Callable[[dict[str, Any]], tuple[Any, ...]]  # all values in statement order, in C
 
 
 class Compiled:
@@ -32,22 +41,31 @@ class Compiled:
             return plan
         compiled = build()
         names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
-        processors = [(n, types(n).bind_processor(self.dialect)) for n in names]
+        fixups = [(i, n, p) for i, n in enumerate(names) if (p := self._processor(types(n)))]
         defaults = {n: v for n, v in compiled.params.items() if v is not None}
-        plan = (str(compiled), processors, compiled.positional, defaults)
+        get = itemgetter(*names) if len(names) > 1 else (lambda row, n=names[0]: (row[n],))
+        plan = _Plan(str(compiled), names, fixups, compiled.positional, defaults, get)
         self._plans[key] = plan
         if len(self._plans) > self._size:
             self._plans.popitem(last=False)
         return plan
 
+    def _processor(self, type_: Any) -> Processor:
+        # sqlite3 takes bytes as they are; SQLAlchemy's LargeBinary processor only wraps them again.
+        if self.dialect.name == "sqlite" and isinstance(type_, LargeBinary):
+            return None
+        return type_.bind_processor(self.dialect)  # type: ignore[no-any-return]
+
     @staticmethod
     def _params(plan: _Plan, row: dict[str, Any]) -> Any:
-        _, processors, positional, defaults = plan
-        if defaults:
-            row = {**defaults, **row}
-        if positional:
-            return tuple(p(row[n]) if p else row[n] for n, p in processors)
-        return {n: p(row[n]) if p else row[n] for n, p in processors}
+        if plan.defaults:
+            row = {**plan.defaults, **row}
+        values = plan.get(row)
+        if plan.fixups:
+            values = list(values)  # type: ignore[assignment]
+            for i, _, process in plan.fixups:
+                values[i] = process(values[i])  # type: ignore[index]
+        return tuple(values) if plan.positional else dict(zip(plan.names, values, strict=True))
 
     def insert_many(self, cursor: Any, table: Table, rows: list[dict[str, Any]]) -> None:
         keys = tuple(rows[0])
@@ -56,7 +74,7 @@ class Compiled:
             lambda: table.insert().compile(dialect=self.dialect, column_keys=list(keys)),
             lambda name: table.c[name].type,
         )
-        cursor.executemany(plan[0], [self._params(plan, row) for row in rows])
+        cursor.executemany(plan.sql, [self._params(plan, row) for row in rows])
 
     def execute(self, cursor: Any, statement: Executable, params: dict[str, Any]) -> Any:
         compiled_holder: dict[str, Any] = {}
@@ -66,5 +84,5 @@ class Compiled:
             return compiled_holder["c"]
 
         plan = self._plan((statement,), build, lambda name: compiled_holder["c"].binds[name].type)
-        cursor.execute(plan[0], self._params(plan, params))
+        cursor.execute(plan.sql, self._params(plan, params))
         return cursor
