@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,8 +14,8 @@ from engine.core.clock import utcnow
 from engine.core.ids import new_id
 from engine.security.vault import DataKey, Vault, WrappedKey
 from engine.store.blobs import BlobFolder
-from engine.store.tables import STATUSES, Content, DataKeyRow, Delivery, Message
 from engine.store.sql import Compiled
+from engine.store.tables import STATUSES, Content, DataKeyRow, Delivery, Message
 from engine.store.writer import WriteItem
 
 INDEX_COLUMNS = {
