@@ -223,6 +223,11 @@ class ChannelConfig(Strict):
     destinations: list[DestinationRef] = Field(
         default_factory=list, description="Where messages go: each a `name`, a `kind` and that kind's keys."
     )
+    application_ack: str | None = Field(
+        None,
+        description="Label of the destination that carries HL7 application ACKs back to senders that ask "
+        "for them in MSH-16 (enhanced acknowledgement mode); it receives nothing else.",
+    )
     dedup_window_s: int = Field(
         86400,
         ge=0,

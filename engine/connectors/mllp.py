@@ -13,10 +13,8 @@ import contextlib
 import ipaddress
 import itertools
 import logging
-import os
 import socket
 import ssl
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from engine.core.component import ComponentContext, Delivered, Inbound, Outbound
 from engine.core.errors import ConfigError, PermanentError, RetryableError
 from engine.core.registry import register
 from engine.hl7v2 import AckError, Hl7ParseError, Message, build_ack, sniff_control_id
+from engine.hl7v2.ack import new_ack_control_id
 from engine.hl7v2.mllp import FrameTooLarge, MllpDecoder, encode
 from engine.security.tls import client_context, peer_common_name, server_context
 
@@ -53,29 +52,6 @@ _STOP_GRACE_S = 10.0
 # --- ACK control ids ---------------------------------------------------------------------------
 
 
-class _AckIds:
-    """MSH-10 for the ACKs we send: 20 characters (the ST limit of MSH-10), unique.
-
-    13 upper-case hex digits of microseconds since 1970 — forced strictly increasing within the
-    process, so two ACKs never share one even at a million per second or when the clock steps back
-    while running — then 7 hex digits drawn at random per process, so two engine processes (or
-    nodes) started in the same microsecond still differ. Good until the year 2112.
-    """
-
-    def __init__(self) -> None:
-        self._node = os.urandom(4).hex()[:7].upper()
-        self._last = 0
-        self._lock = threading.Lock()
-
-    def next(self) -> str:
-        now = time.time_ns() // 1000
-        with self._lock:
-            value = now if now > self._last else self._last + 1
-            self._last = value
-        return f"{value:013X}{self._node}"
-
-
-new_ack_control_id = _AckIds().next
 
 
 # --- configuration -----------------------------------------------------------------------------

@@ -9,6 +9,9 @@ where, and must never quote message content (PHI).
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -186,3 +189,28 @@ def sniff_control_id(raw: bytes) -> str | None:
         d = Delimiters(fs.decode("latin-1"), enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) == 5 else None)
         text = unescape(text, d)
     return text
+
+
+class _AckIds:
+    """MSH-10 for the ACKs we send: 20 characters (the ST limit of MSH-10), unique.
+
+    13 upper-case hex digits of microseconds since 1970 — forced strictly increasing within the
+    process, so two ACKs never share one even at a million per second or when the clock steps back
+    while running — then 7 hex digits drawn at random per process, so two engine processes (or
+    nodes) started in the same microsecond still differ. Good until the year 2112.
+    """
+
+    def __init__(self) -> None:
+        self._node = os.urandom(4).hex()[:7].upper()
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        now = time.time_ns() // 1000
+        with self._lock:
+            value = now if now > self._last else self._last + 1
+            self._last = value
+        return f"{value:013X}{self._node}"
+
+
+new_ack_control_id = _AckIds().next

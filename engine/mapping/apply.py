@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -152,6 +154,69 @@ def split_groups(message: Message, each: str | None) -> tuple[Index, list[Index]
     return header, groups
 
 
+# --- the fast path ---------------------------------------------------------------------------------
+# HL7 -> record mappings run their rules from flat tuples built once per mapping (`_Plan`), with no
+# error handling beyond noticing that something is off: then `_fast_fields` gives up and the rules
+# run again through `_value` and pydantic, which raise the precise error. Rules are pure, so the
+# second run sees exactly what the first saw.
+
+
+def _expected(annotation: Any) -> tuple[type | None, frozenset[str] | None]:
+    """(the one Python type a record field takes as is, its Literal choices). None for a type
+    left to pydantic (records with such a field take the careful path)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    tp = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1 else annotation
+    if typing.get_origin(tp) is typing.Literal:
+        choices = typing.get_args(tp)
+        return (str, frozenset(choices)) if all(type(c) is str for c in choices) else (None, None)
+    return (tp, None) if tp in (str, int, date, datetime) else (None, None)
+
+
+class _Plan:
+    """The rules of an HL7 -> record mapping as flat tuples. Every segment a path names is looked
+    up once per record (a "slot"); a read is then (slot, field, repetition, component, subcomponent).
+
+    A step is (name, when, reads, fns, required, rest): `when` is None or (read, op, values,
+    present); `rest` is None for the common rule that copies the first non-empty string into a str
+    field, else (constant, table, default, conversion, Python type, Literal choices)."""
+
+    def __init__(self, rules: tuple[Rule, ...], model: type[BaseModel]) -> None:
+        self.slots: dict[tuple[str, int], int] = {}  # (segment, occurrence index) -> slot
+        self.steps = tuple(self._step(r, model) for r in rules)
+        self.required = frozenset(n for n, f in model.model_fields.items() if f.is_required())
+
+    def _read(self, p: Path) -> tuple[int, int, int, int | None, int | None]:
+        slot = self.slots.setdefault((p.segment, (p.occurrence or 1) - 1), len(self.slots))
+        return (slot, p.field, p.repetition or 1, p.component, p.subcomponent)
+
+    def _step(self, rule: Rule, model: type[BaseModel]) -> tuple[Any, ...]:
+        when = rule.when
+        test = None if when is None else (self._read(when.source.hl7), when.op, when.values, when.present)  # type: ignore[arg-type]
+        # A constant wins over `from` (see `_value`): then nothing is read.
+        reads = () if rule.constant is not None else tuple(self._read(s.hl7) for s in rule.sources)  # type: ignore[arg-type]
+        kind, choices = _expected(model.model_fields[rule.name].annotation)
+        rest = (rule.constant, rule.table, rule.default, rule.conv, kind, choices)
+        plain = rest == (None, None, None, None, str, None)
+        return (rule.name, test, reads, rule.fns, rule.required, None if plain else rest)
+
+    @staticmethod
+    def supports(rules: tuple[Rule, ...]) -> bool:
+        """[*] paths (rare) are left to the careful path."""
+        paths = [s.hl7 for r in rules for s in r.sources] + [r.when.source.hl7 for r in rules if r.when]
+        return all(p is not None and not p.is_open for p in paths)
+
+
+def _fast_holds(test: tuple[Any, ...], segs: list[Segment | None]) -> bool:
+    (slot, number, rep, comp, sub), op, values, present = test
+    seg = segs[slot]
+    v = None if seg is None else seg.value(number, rep, comp, sub)  # a str or None: no formatting needed
+    if op == "present":
+        return (v is not None) is present
+    if op == "not_in":
+        return v not in values
+    return v in values  # in, equals (never None: the sets hold strings)
+
+
 # --- the mapping ----------------------------------------------------------------------------------
 
 
@@ -171,6 +236,12 @@ class CompiledMapping:
     segment_order: tuple[SegmentKey, ...] = ()  # `to: hl7v2`
     template: tuple[tuple[Path, str], ...] = ()  # `to: hl7v2`
 
+    def __post_init__(self) -> None:
+        plan = None
+        if self.source == "hl7v2" and self.model is not None and _Plan.supports(self.rules):
+            plan = _Plan(self.rules, self.model)
+        object.__setattr__(self, "_plan", plan)
+
     # -- public
 
     def accepts(self, message_type: str | None) -> bool:
@@ -181,6 +252,8 @@ class CompiledMapping:
     def apply(self, message: Any, *, site_tz: tzinfo) -> list[Record]:
         """Map one inbound message (an engine.hl7v2.Message for `from: hl7v2`; a Record or a field
         mapping for record sources). Raises MappingRefused / MappingError."""
+        if self._plan is not None:  # type: ignore[attr-defined]
+            return self._map_hl7(message, site_tz)
         if self.source == "hl7v2":
             contexts = self._hl7_contexts(message)
         else:
@@ -216,7 +289,78 @@ class CompiledMapping:
             return E.UNSUPPORTED_EVENT_CODE
         return None
 
-    def _hl7_contexts(self, message: Message) -> list[Context]:
+    def _map_hl7(self, message: Message, tz: tzinfo) -> list[Record]:
+        header, groups = self._groups(message)
+        d = message.encoding
+        slots = self._plan.slots  # type: ignore[attr-defined]
+        records = []
+        for n, group in enumerate(groups, 1):
+            number = n if self.each else None
+            segs: list[Segment | None] = []
+            for name, occ in slots:  # a group's own segments hide the header's (as in `_Hl7Context`)
+                found = group.get(name) or header.get(name)
+                segs.append(found[occ] if found is not None and occ < len(found) else None)
+            fields = self._fast_fields(segs, d, tz)
+            if fields is None:
+                records.append(self._record(_Hl7Context(message, group, header), tz, number))
+            else:  # a context only for a topic rule
+                ctx = _Hl7Context(message, group, header) if self.topic is not None else None
+                records.append(self._finish(fields, ctx, tz, number))
+        return records
+
+    def _fast_fields(self, segs: list[Segment | None], d: Any, tz: tzinfo) -> dict[str, Any] | None:
+        """The record's fields, already of their model's types; None when a rule fails or a value
+        needs pydantic (`_record` then redoes the work the careful way)."""
+        fields: dict[str, Any] = {}
+        for name, test, reads, fns, required, rest in self._plan.steps:  # type: ignore[attr-defined]
+            if test is not None and not _fast_holds(test, segs):
+                continue
+            value = None  # the first path giving a non-empty value
+            for slot, number, rep, comp, sub in reads:
+                seg = segs[slot]
+                if seg is not None:
+                    v = seg.value(number, rep, comp, sub)
+                    if v is not None:
+                        for fn in fns:
+                            v = fn(v, d)
+                        if v:
+                            value = v
+                            break
+            if rest is None:  # a plain copy
+                if value is not None:
+                    fields[name] = value
+                elif required:
+                    return None
+                continue
+            constant, table, default, conv, kind, choices = rest
+            if constant is not None:
+                value = constant
+            if value is not None and table is not None:
+                if type(value) is not str:
+                    return None
+                found = table.get(value)
+                if found is None:
+                    found = table.get("*")
+                    if found is None:
+                        return None
+                value = found or None
+            if value is None:
+                value = default
+                if value is None:
+                    if required:
+                        return None
+                    continue
+            if conv is not None:
+                try:
+                    value = conv(value, tz)
+                except ValueError:
+                    return None
+            if type(value) is not kind or (choices is not None and value not in choices):
+                return None
+            fields[name] = value
+        return fields if self._plan.required <= fields.keys() else None  # type: ignore[attr-defined]
+
+    def _groups(self, message: Message) -> tuple[Index, list[Index]]:
         if self.accept:
             code, trigger = message.message_code, message.trigger_event
             refused = self._refusal(code, trigger)
@@ -230,6 +374,10 @@ class CompiledMapping:
                 f"mapping {self.name}: the message has no {self.each} segment",
                 mapping=self.name, field=None, code=E.SEGMENT_SEQUENCE_ERROR, segment=self.each,
             )  # fmt: skip
+        return header, groups
+
+    def _hl7_contexts(self, message: Message) -> list[Context]:
+        header, groups = self._groups(message)
         return [_Hl7Context(message, g, header) for g in groups]
 
     def _accepted(self) -> list[str]:
@@ -312,10 +460,13 @@ class CompiledMapping:
             valid = model.model_validate(fields)
         except ValidationError as exc:
             raise self._invalid(exc, ctx, group) from None
-        fields = {k: getattr(valid, k) for k in fields}
+        return self._finish({k: getattr(valid, k) for k in fields}, ctx, tz, group)
+
+    def _finish(self, fields: dict[str, Any], ctx: Context | None, tz: tzinfo, group: int | None) -> Record:
+        """The record for valid `fields`; `ctx` may be None when the mapping has no topic rule."""
         topic: str | None = None
         if self.topic is not None:  # a rule that gives no value falls back to <type>.<event>
-            t = self._value(self.topic, ctx, tz, group)
+            t = self._value(self.topic, ctx, tz, group)  # type: ignore[arg-type]
             topic = None if t is _NO else str(t)
         if topic is None and "event" in fields:
             topic = f"{self.target}.{fields['event']}"

@@ -7,7 +7,7 @@ Error texts name what is wrong, never the value: values are patient data.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, time, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -56,7 +56,7 @@ def _person_name(value: str, d: Delimiters) -> str:
     # XPN family^given^middle^suffix^prefix -> DICOM-style family^given^middle (no trailing '^').
     parts = value.split(d.component)[:3]
     parts[0] = parts[0].split(d.subcomponent, 1)[0]
-    return "^".join(p.strip() for p in parts).rstrip("^")
+    return "^".join([p.strip() for p in parts]).rstrip("^")
 
 
 FUNCTIONS: dict[str, tuple[StrFn, str]] = {
@@ -105,12 +105,23 @@ def _as_decimal(value: Any, tz: tzinfo) -> Any:
     return out
 
 
+# The usual shapes (YYYYMMDD, YYYYMMDDHHMM[SS]) go through the C ISO parsers, ~10x faster than
+# parse_date/parse_dtm; anything else, and any value those reject, takes the full parsers, which
+# give the same results and the error texts.
+
+
 def _as_date(value: Any, tz: tzinfo) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(tz).date()
     if isinstance(value, date):
         return value
-    return parse_date(str(value))
+    text = str(value)
+    if len(text) == 8 and text.isdigit() and text.isascii():
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    return parse_date(text)
 
 
 def _as_datetime(value: Any, tz: tzinfo) -> Any:
@@ -118,7 +129,13 @@ def _as_datetime(value: Any, tz: tzinfo) -> Any:
         return value
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=tz)
-    return parse_dtm(str(value), tz)
+    text = str(value)
+    if (len(text) == 14 or len(text) == 12) and text.isdigit() and text.isascii():
+        try:
+            return datetime.combine(date.fromisoformat(text[:8]), time.fromisoformat(text[8:]), tz)
+        except ValueError:
+            pass
+    return parse_dtm(text, tz)
 
 
 CONVERSIONS: dict[str, Callable[[Any, tzinfo], Any]] = {

@@ -8,6 +8,7 @@ a mapped record is validated against its model before it leaves the mapping.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -76,6 +77,9 @@ class PatientEvent(_Canonical):
 MODELS: dict[str, type[_Canonical]] = {"order": Order, "patient": PatientEvent}
 """Record type name (a mapping's `to:` / `from:`) -> model."""
 
+# '"name":' for every canonical field, written once (to_json's keys are almost always these).
+_KEYS = {name: f"{encode_basestring(name)}:" for model in MODELS.values() for name in model.model_fields}
+
 
 def field_names(record_type: str) -> list[str]:
     return list(MODELS[record_type].model_fields)
@@ -104,6 +108,28 @@ class Record:
 
     def to_json(self) -> bytes:
         """Deterministic JSON (sorted keys, no spaces, UTF-8): equal records give equal bytes."""
+        # Written by hand for the strings, dates and datetimes mapped records hold: the same bytes
+        # json.dumps gives, at half its cost (it calls default= for each date and sorts item pairs).
+        # Anything else goes to json.dumps.
+        fields = self.fields
+        parts = []
+        try:
+            for name in sorted(fields):
+                value = fields[name]
+                key = _KEYS.get(name) or f"{encode_basestring(name)}:"
+                kind = type(value)
+                if kind is str:
+                    parts.append(key + encode_basestring(value))
+                elif kind is datetime or kind is date:  # ISO 8601 text needs no escaping
+                    parts.append(f'{key}"{value.isoformat()}"')
+                else:
+                    return self._dumps()
+        except TypeError:  # a name that is not a string
+            return self._dumps()
+        topic = "null" if self.topic is None else encode_basestring(self.topic)
+        return f'{{"fields":{{{",".join(parts)}}},"topic":{topic},"type":{encode_basestring(self.type)}}}'.encode()
+
+    def _dumps(self) -> bytes:
         body = {"type": self.type, "topic": self.topic, "fields": self.fields}
         return json.dumps(
             body, default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False

@@ -19,6 +19,8 @@ from typing import Any
 from engine.core.clock import utcnow
 from engine.core.component import Inbound, Outcome, Problem
 from engine.core.errors import PermanentError
+from engine.hl7v2 import AckError, Message, build_ack
+from engine.hl7v2.ack import new_ack_control_id
 from engine.runtime.context import Context
 
 log = logging.getLogger("radbridge.channel")
@@ -56,7 +58,8 @@ class Channel:
     ctx: Context
     destinations: list[str]
     transform: Transform | None = None
-    accept_types: tuple[str, ...] = ()
+    accepts: Callable[[str | None], bool] | None = None  # the source's own type filter, if it has one
+    application_ack: str | None = None  # destination label for HL7 application ACKs (MSH-16)
     dedup_window: timedelta = timedelta(days=1)
     on_queued: Callable[[], None] = lambda: None  # wakes the delivery workers
 
@@ -109,20 +112,41 @@ class Channel:
                 detail=detail,
             )
         )
+        ack = self._application_ack(inbound, outcome_status, problem)
+        if ack is not None:  # queued with its own retries, in the same transaction as the message
+            _, ack_item = ctx.messages.receive(
+                self.name, "hl7v2 ACK", ack, direction="out", destinations=[self.application_ack], status="queued"
+            )  # type: ignore[list-item]
+            item.extend(ack_item)
         try:
             await ctx.writer.awrite(item)
         except Exception as exc:  # noqa: BLE001 - the sender must keep the message and retry
             log.error("channel %s: could not store a message: %s", self.name, type(exc).__name__)
             return Outcome("unavailable", problem=Problem("message could not be stored; retry later", code=207))
-        if destinations:
+        if destinations or ack is not None:
             self.on_queued()
         return Outcome(outcome_status, message_id=message_id, problem=problem, flags=tuple(flags))  # type: ignore[arg-type]
+
+    def _application_ack(self, inbound: Inbound, status: str, problem: Problem | None) -> bytes | None:
+        """HL7 enhanced mode: the application ACK the sender asked for in MSH-16, if any."""
+        message = inbound.decoded
+        if self.application_ack is None or not isinstance(message, Message):
+            return None
+        wanted = (message.get("MSH-16") or "").upper()
+        ok = status in ("accepted", "duplicate", "filtered")
+        if wanted not in ("AL", "ER", "SU") or (wanted == "ER" and ok) or (wanted == "SU" and not ok):
+            return None
+        code = "AA" if ok else "AE" if status == "invalid" else "AR"
+        error = None
+        if problem:
+            error = AckError(problem.code, problem.text, problem.segment, problem.sequence, problem.field)
+        return build_ack(message, code, control_id=new_ack_control_id(), error=error, now=utcnow())
 
     def _decide(self, inbound: Inbound) -> tuple[str, Problem | None, Transformed | None]:
         """(message status, problem, transformed) — pure, before anything is written."""
         if isinstance(inbound.decoded, Exception):
             return "invalid", _problem_of(inbound.decoded), None
-        if self.accept_types and inbound.type not in self.accept_types:
+        if self.accepts is not None and not self.accepts(inbound.type):
             text = f"message type {inbound.type or 'unknown'} is not accepted by channel {self.name}"
             return "refused", Problem(text, code=200), None
         if self.transform is None:

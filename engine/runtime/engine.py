@@ -56,17 +56,18 @@ class Engine:
         for ref, dest in zip(cfg.destinations, loaded.destinations, strict=True):
             destination = registry.build("destination", dest.kind, dest.config, cctx)
             workers.append(DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body))
-        transform, accept = build_transform(loaded, project)
+        transform = build_transform(loaded, project)
+        source = registry.build("source", loaded.source_kind, loaded.source, cctx)
         channel = Channel(
             name=cfg.name,
             ctx=self.ctx,
-            destinations=[d.name for d in loaded.destinations],
+            destinations=[d.name for d in loaded.destinations if d.name != cfg.application_ack],
             transform=transform,
-            accept_types=accept,
+            accepts=getattr(source, "accepts", None),
+            application_ack=cfg.application_ack,
             dedup_window=timedelta(seconds=cfg.dedup_window_s),
             on_queued=lambda: [w.wake() for w in workers] and None,
         )
-        source = registry.build("source", loaded.source_kind, loaded.source, cctx)
         return Running(loaded, channel, source, workers)
 
     async def start_channel(self, loaded: LoadedChannel, project: Project) -> Running:

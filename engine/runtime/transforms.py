@@ -13,12 +13,11 @@ from engine.runtime.channel import Invalid, Refused, Transform, Transformed
 INDEXED = {"accession": "accession", "patient_id": "mrn", "study_uid": "study_uid"}
 
 
-def build_transform(loaded: LoadedChannel, project: Project) -> tuple[Transform | None, tuple[str, ...]]:
-    """(transform or None, message types the channel's source accepts). Compiles the mapping now,
-    so a bad mapping fails at load (ConfigInvalid with positions), never on the first message."""
-    accept = tuple(getattr(loaded.source, "accept_types", None) or ())
+def build_transform(loaded: LoadedChannel, project: Project) -> Transform | None:
+    """The channel's transform, or None without a mapping. Compiles the mapping now, so a bad
+    mapping fails at load (ConfigInvalid with positions), never on the first message."""
     if loaded.config.mapping is None:
-        return None, accept
+        return None
     compiled = load_mapping(project.root / loaded.config.mapping, project.root)
     site_tz = ZoneInfo(project.engine.site.timezone)
 
@@ -41,4 +40,4 @@ def build_transform(loaded: LoadedChannel, project: Project) -> tuple[Transform 
         body = b"".join(record.to_json() + b"\n" for record in records)
         return Transformed(body=body, indexes=indexes)
 
-    return transform, accept
+    return transform

@@ -35,6 +35,9 @@ class Inbox:
     def __init__(self, config: InboxConfig, ctx: ComponentContext) -> None:
         self.ctx, self.accept_types = ctx, config.accept_types
 
+    def accepts(self, message_type: str | None) -> bool:
+        return not self.accept_types or message_type in self.accept_types
+
     async def start(self, sink: Sink) -> list[str]:
         INBOXES[self.ctx.channel] = sink
         return [f"inbox {self.ctx.channel}"]

@@ -180,3 +180,32 @@ async def test_reprocess_runs_a_dead_message_again_linked_and_audited(runtime_pr
     finally:
         await eng.stop()
         ctx.close()
+
+
+async def test_application_ack_goes_to_the_return_destination(runtime_project: Path) -> None:
+    from engine.hl7v2 import Message
+    from engine.runtime.reprocess import decode
+
+    (runtime_project / "channels" / "inbox.yaml").write_text(
+        "name: inbox\nsource: {kind: test-inbox}\napplication_ack: acks\n"
+        "destinations:\n  - {name: peer, kind: test-scripted, label: peer}\n"
+        "  - {name: acks, kind: test-scripted, label: acks}\n"
+    )
+    ctx = open_context(runtime_project)
+    eng = Engine(ctx)
+    await eng.start()
+    try:
+        def enhanced(control: str, msh16: str) -> bytes:
+            return f"MSH|^~\\&|RIS|HOSP|RB|HOSP|20261121||ORM^O01|{control}|P|2.5.1|||AL|{msh16}\rPID|1\r".encode()
+
+        await INBOXES["inbox"](decode("hl7v2", enhanced("APP1", "AL"), "127.0.0.1:1"))
+        await INBOXES["inbox"](decode("hl7v2", enhanced("APP2", "ER"), "127.0.0.1:1"))  # no error: no ACK
+        await _until(lambda: len(RECEIVED.get("peer", [])) == 2 and RECEIVED.get("acks"))
+        [ack] = [Message.parse(body) for body in RECEIVED["acks"]]
+        assert (ack.get("MSA-1"), ack.get("MSA-2"), ack.get("MSH-9.1")) == ("AA", "APP1", "ACK")
+        assert all(b"MSA" not in body for body in RECEIVED["peer"])  # the return route carries only ACKs
+        kinds = sorted(m.kind for m in ctx.messages.list())
+        assert kinds == ["hl7v2 ACK", "hl7v2 ORM^O01", "hl7v2 ORM^O01"]
+    finally:
+        await eng.stop()
+        ctx.close()
