@@ -8,10 +8,10 @@ a mapped record is validated against its model before it leaves the mapping.
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field

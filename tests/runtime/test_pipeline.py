@@ -195,6 +195,7 @@ async def test_application_ack_goes_to_the_return_destination(runtime_project: P
     eng = Engine(ctx)
     await eng.start()
     try:
+
         def enhanced(control: str, msh16: str) -> bytes:
             return f"MSH|^~\\&|RIS|HOSP|RB|HOSP|20261121||ORM^O01|{control}|P|2.5.1|||AL|{msh16}\rPID|1\r".encode()
 
