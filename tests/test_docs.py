@@ -30,3 +30,20 @@ def test_security_doc_commands_run(tmp_path: Path) -> None:
     for args in commands:
         result = CliRunner().invoke(app, [*args, "--root", str(root)])
         assert result.exit_code == 0, (args, result.output)
+
+
+CHANNEL_BLOCK = re.compile(r"<!-- example: channel -->\s*```yaml\n(.*?)```", re.DOTALL)
+
+
+def test_channel_doc_examples_lint_clean(tmp_path: Path) -> None:
+    import shutil
+
+    from engine.runtime.lint import lint_all
+
+    examples = CHANNEL_BLOCK.findall((DOCS / "channels.md").read_text())
+    assert len(examples) == 3
+    for n, text in enumerate(examples):
+        root = write_project(tmp_path / f"p{n}")
+        shutil.copytree(DOCS.parent / "mappings", root / "mappings", dirs_exist_ok=True)
+        (root / "channels" / "example.yaml").write_text(text)
+        assert [str(d) for d in lint_all([], root)] == [], text
