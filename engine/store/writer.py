@@ -10,6 +10,7 @@ which are linked into the node's hash chain inside the same transaction.
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 import logging
 import threading
@@ -108,6 +109,8 @@ class GroupWriter:
         self._checkpointer = threading.Thread(target=self._checkpoint, name="radbridge-wal", daemon=True)
         self.batches = 0
         self.items = 0
+        self._last_batch = 1
+        self.gather_s = float(os.environ.get("RADBRIDGE_GATHER_US", "250")) / 1e6
         self._checkpointer.start()
 
     @property
@@ -130,7 +133,13 @@ class GroupWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if self._add(item, (loop, future), loop):
-            loop.call_soon(self._drain)
+            if self._last_batch > 1 and self.gather_s:
+                # Producers are concurrent (the last commit carried several): wait a moment for the
+                # ones just acknowledged to send their next message, so one fsync covers them all
+                # (PostgreSQL's commit_delay). A lone producer is never delayed.
+                loop.call_later(self.gather_s, self._drain)
+            else:
+                loop.call_soon(self._drain)
         await future
 
     def _add(self, item: WriteItem, waiter: Waiter, loop: asyncio.AbstractEventLoop | None = None) -> bool:
@@ -194,6 +203,7 @@ class GroupWriter:
         self._link.committed()
         self.batches += 1
         self.items += len(batch)
+        self._last_batch = len(batch)
         _release(batch)
 
     def _transaction(self, items: list[WriteItem]) -> None:
