@@ -133,14 +133,19 @@ class GroupWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if self._add(item, (loop, future), loop):
-            if self._last_batch > 1 and self.gather_s:
-                # Producers are concurrent (the last commit carried several): wait a moment for the
-                # ones just acknowledged to send their next message, so one fsync covers them all
-                # (PostgreSQL's commit_delay). A lone producer is never delayed.
-                loop.call_later(self.gather_s, self._drain)
-            else:
-                loop.call_soon(self._drain)
+            loop.call_soon(self._gather, loop)
         await future
+
+    def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At the end of a loop iteration: commit now, or, when producers are concurrent and fewer
+        items are pending than the last commit carried, wait a moment for the ones just released
+        to hand in their next item, so one fsync covers them all (PostgreSQL's commit_delay)."""
+        with self._mutex:
+            short = len(self._pending) < self._last_batch  # a lone producer (last batch 1) never waits
+        if short and self.gather_s:
+            loop.call_later(self.gather_s, self._drain)
+        else:
+            self._drain()
 
     def _add(self, item: WriteItem, waiter: Waiter, loop: asyncio.AbstractEventLoop | None = None) -> bool:
         """Queue an item; True when the caller's loop has no drain scheduled yet."""
