@@ -42,6 +42,7 @@ class DeliveryWorker:
         self.queues = Queues(ctx.db)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deliver {self.channel}/{self.name}")
@@ -49,8 +50,14 @@ class DeliveryWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Let an attempt in progress finish and record its result (a delivery cut off between the
+        peer's ACK and our write would be sent again after a restart), then stop."""
+        self._stopping = True
+        self._wake.set()
         if self._task:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace_s)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -62,14 +69,14 @@ class DeliveryWorker:
         self._wake.clear()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 due = await asyncio.to_thread(self.queues.head, self.channel, self.name)
             except Exception as exc:  # noqa: BLE001 - the store may be briefly unavailable
                 log.error("queue %s/%s unreadable: %s", self.channel, self.name, type(exc).__name__)
                 await self._sleep(POLL_S)
                 continue
-            if due is None:
+            if due is None or self._stopping:
                 await self._sleep(POLL_S)
                 continue
             wait = (due.next_attempt_at - utcnow()).total_seconds() if due.next_attempt_at else 0.0

@@ -10,9 +10,9 @@ which are linked into the node's hash chain inside the same transaction.
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
 import logging
+import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field

@@ -85,7 +85,7 @@ def test_python_hl7_client_gets_aa_and_two_orders_become_two_records(setup) -> N
     assert ack.get("MSA-1") == "AA"
     control_id = Message.parse(sample.read_bytes()).control_id
     wait_for(lambda: control_id in received(log))
-    stop(engine)
+    stop(engine)  # graceful: the attempt in flight records its result before the engine exits
     ctx = open_context(root)
     try:
         [message] = ctx.messages.list()
