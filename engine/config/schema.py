@@ -223,6 +223,11 @@ class ChannelConfig(Strict):
     destinations: list[DestinationRef] = Field(
         default_factory=list, description="Where messages go: each a `name`, a `kind` and that kind's keys."
     )
+    strict: bool = Field(
+        False,
+        description="Also check each HL7 message against its version's message structure (hl7apy): a message "
+        "that does not match is answered AE and kept for review. Costs milliseconds a message.",
+    )
     application_ack: str | None = Field(
         None,
         description="Label of the destination that carries HL7 application ACKs back to senders that ask "

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from engine.hl7v2.ack import ErrorCode as E  # HL7 table 0357
 from engine.hl7v2.er7 import Message, Segment
 from engine.hl7v2.escape import DEFAULT_DELIMITERS
 from engine.hl7v2.path import ALL, Path
-from engine.mapping import errors as E
 from engine.mapping.errors import MappingError, MappingRefused
 from engine.mapping.functions import StrFn, TableMiss, format_hl7, lookup
 from engine.mapping.outbound import SegmentKey, build_er7

@@ -9,16 +9,10 @@ from __future__ import annotations
 
 from engine.core.component import Problem
 from engine.core.errors import PermanentError
+from engine.hl7v2.ack import ErrorCode  # HL7 table 0357
 
 __all__ = ["MappingError", "MappingRefused"]
 
-# HL7 table 0357 codes used here.
-SEGMENT_SEQUENCE_ERROR = 100
-REQUIRED_FIELD_MISSING = 101
-DATA_TYPE_ERROR = 102
-TABLE_VALUE_NOT_FOUND = 103
-UNSUPPORTED_MESSAGE_TYPE = 200
-UNSUPPORTED_EVENT_CODE = 201
 
 
 class MappingError(PermanentError):
@@ -38,7 +32,7 @@ class MappingError(PermanentError):
         mapping: str,
         field: str | None,
         paths: tuple[str, ...] = (),
-        code: int = DATA_TYPE_ERROR,
+        code: int = ErrorCode.DATA_TYPE_ERROR,
         segment: str | None = None,
         sequence: int | None = None,
         hl7_field: int | None = None,

@@ -21,6 +21,7 @@ from engine.core.component import Inbound, Outcome, Problem
 from engine.core.errors import PermanentError
 from engine.hl7v2 import AckError, Message, build_ack
 from engine.hl7v2.ack import new_ack_control_id
+from engine.hl7v2.validate import validate_structure
 from engine.runtime.context import Context
 
 log = logging.getLogger("radbridge.channel")
@@ -60,6 +61,7 @@ class Channel:
     transform: Transform | None = None
     accepts: Callable[[str | None], bool] | None = None  # the source's own type filter, if it has one
     application_ack: str | None = None  # destination label for HL7 application ACKs (MSH-16)
+    strict: bool = False  # validate HL7 structure with hl7apy (slow; see engine.hl7v2.validate)
     dedup_window: timedelta = timedelta(days=1)
     on_queued: Callable[[], None] = lambda: None  # wakes the delivery workers
 
@@ -146,6 +148,10 @@ class Channel:
         """(message status, problem, transformed) — pure, before anything is written."""
         if isinstance(inbound.decoded, Exception):
             return "invalid", _problem_of(inbound.decoded), None
+        if self.strict and isinstance(inbound.decoded, Message):
+            problem = validate_structure(inbound.raw.decode(inbound.decoded.codec, errors="replace"))
+            if problem:
+                return "invalid", Problem(f"message structure: {problem}", code=100), None
         if self.accepts is not None and not self.accepts(inbound.type):
             text = f"message type {inbound.type or 'unknown'} is not accepted by channel {self.name}"
             return "refused", Problem(text, code=200), None

@@ -65,6 +65,7 @@ class Engine:
             transform=transform,
             accepts=getattr(source, "accepts", None),
             application_ack=cfg.application_ack,
+            strict=cfg.strict,
             dedup_window=timedelta(seconds=cfg.dedup_window_s),
             on_queued=lambda: [w.wake() for w in workers] and None,
         )

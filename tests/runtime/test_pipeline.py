@@ -210,3 +210,25 @@ async def test_application_ack_goes_to_the_return_destination(runtime_project: P
     finally:
         await eng.stop()
         ctx.close()
+
+
+async def test_strict_channel_rejects_a_message_off_its_structure(runtime_project: Path) -> None:
+    from engine.runtime.reprocess import decode
+
+    (runtime_project / "channels" / "inbox.yaml").write_text(
+        "name: inbox\nstrict: true\nsource: {kind: test-inbox}\n"
+    )
+    ctx = open_context(runtime_project)
+    eng = Engine(ctx)
+    await eng.start()
+    try:
+        good = (Path(__file__).resolve().parents[2] / "samples" / "hl7" / "orm-o01-ct-head.hl7").read_bytes()
+        no_pid = b"\r".join(s for s in good.split(b"\r") if not s.startswith(b"PID"))
+        assert (await INBOXES["inbox"](decode("hl7v2", good, "p"))).status == "accepted"
+        outcome = await INBOXES["inbox"](decode("hl7v2", no_pid, "p"))
+        assert outcome.status == "invalid" and outcome.problem.code == 100
+        assert outcome.problem.text == "message structure: ValidationError: Missing required child ORM_O01_PATIENT.PID"
+        assert ctx.messages.get(outcome.message_id).status == "error"
+    finally:
+        await eng.stop()
+        ctx.close()
