@@ -3,6 +3,7 @@ answers the test scripts. They are registered only in the tests (names start wit
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -96,11 +97,20 @@ def runtime_project(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-async def engine(runtime_project: Path) -> AsyncIterator[Engine]:
-    ctx: Context = open_context(runtime_project)
+@contextlib.asynccontextmanager
+async def running(root: Path) -> AsyncIterator[Engine]:
+    """An engine on the project at `root`, its channels started; stopped and closed afterwards."""
+    ctx: Context = open_context(root)
     eng = Engine(ctx)
     await eng.start()
-    yield eng
-    await eng.stop()
-    ctx.close()
+    try:
+        yield eng
+    finally:
+        await eng.stop()
+        ctx.close()
+
+
+@pytest.fixture
+async def engine(runtime_project: Path) -> AsyncIterator[Engine]:
+    async with running(runtime_project) as eng:
+        yield eng

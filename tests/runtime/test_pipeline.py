@@ -12,7 +12,7 @@ from engine.core.component import Inbound
 from engine.runtime.context import open_context
 from engine.runtime.engine import Engine
 from engine.store.tables import AuditRow
-from tests.runtime.conftest import INBOXES, RECEIVED, SCRIPTS
+from tests.runtime.conftest import INBOXES, RECEIVED, SCRIPTS, running
 
 
 def _orm(control: str = "C1", body: str = "x") -> Inbound:
@@ -140,28 +140,21 @@ async def test_topics_connect_channels(runtime_project: Path) -> None:
         "name: orders\nsource: {kind: topic, topic: 'order.*'}\n"
         "destinations: [{name: peer, kind: test-scripted, label: peer}]\n"
     )
-    ctx = open_context(runtime_project)
-    eng = Engine(ctx)
-    await eng.start()
-    try:
+    async with running(runtime_project) as eng:
+        ctx = eng.ctx
         record = json.dumps({"type": "order", "accession": "A1"}).encode() + b"\n"
         await INBOXES["inbox"](Inbound(raw=record, kind="record", peer="p", decoded=None))
         await _until(lambda: RECEIVED.get("peer"))
         assert json.loads(RECEIVED["peer"][0]) == {"type": "order", "accession": "A1"}
         channels = sorted(m.channel for m in ctx.messages.list())
         assert channels == ["inbox", "orders"]  # stored in both, each encrypted under its own key
-    finally:
-        await eng.stop()
-        ctx.close()
 
 
 async def test_reprocess_runs_a_dead_message_again_linked_and_audited(runtime_project: Path) -> None:
     from engine.runtime.reprocess import reprocess
 
-    ctx = open_context(runtime_project)
-    eng = Engine(ctx)
-    await eng.start()
-    try:
+    async with running(runtime_project) as eng:
+        ctx = eng.ctx
         SCRIPTS["peer"] = ["fail"]
         raw = b"MSH|^~\\&|RIS|HOSP|RB|HOSP|20261121||ORM^O01|C9|P|2.3.1\rPID|1||MRN1\r"
         from engine.runtime.reprocess import decode
@@ -177,9 +170,6 @@ async def test_reprocess_runs_a_dead_message_again_linked_and_audited(runtime_pr
             row = conn.execute(select(audit).where(audit.c.action == "message.reprocessed")).one()
         assert json.loads(row.record_ids) == sorted([result.new, outcome.message_id])
         assert row.actor == "user:analyst"
-    finally:
-        await eng.stop()
-        ctx.close()
 
 
 async def test_application_ack_goes_to_the_return_destination(runtime_project: Path) -> None:
@@ -191,10 +181,8 @@ async def test_application_ack_goes_to_the_return_destination(runtime_project: P
         "destinations:\n  - {name: peer, kind: test-scripted, label: peer}\n"
         "  - {name: acks, kind: test-scripted, label: acks}\n"
     )
-    ctx = open_context(runtime_project)
-    eng = Engine(ctx)
-    await eng.start()
-    try:
+    async with running(runtime_project) as eng:
+        ctx = eng.ctx
 
         def enhanced(control: str, msh16: str) -> bytes:
             return f"MSH|^~\\&|RIS|HOSP|RB|HOSP|20261121||ORM^O01|{control}|P|2.5.1|||AL|{msh16}\rPID|1\r".encode()
@@ -207,21 +195,14 @@ async def test_application_ack_goes_to_the_return_destination(runtime_project: P
         assert all(b"MSA" not in body for body in RECEIVED["peer"])  # the return route carries only ACKs
         kinds = sorted(m.kind for m in ctx.messages.list())
         assert kinds == ["hl7v2 ACK", "hl7v2 ORM^O01", "hl7v2 ORM^O01"]
-    finally:
-        await eng.stop()
-        ctx.close()
 
 
 async def test_strict_channel_rejects_a_message_off_its_structure(runtime_project: Path) -> None:
     from engine.runtime.reprocess import decode
 
-    (runtime_project / "channels" / "inbox.yaml").write_text(
-        "name: inbox\nstrict: true\nsource: {kind: test-inbox}\n"
-    )
-    ctx = open_context(runtime_project)
-    eng = Engine(ctx)
-    await eng.start()
-    try:
+    (runtime_project / "channels" / "inbox.yaml").write_text("name: inbox\nstrict: true\nsource: {kind: test-inbox}\n")
+    async with running(runtime_project) as eng:
+        ctx = eng.ctx
         good = (Path(__file__).resolve().parents[2] / "samples" / "hl7" / "orm-o01-ct-head.hl7").read_bytes()
         no_pid = b"\r".join(s for s in good.split(b"\r") if not s.startswith(b"PID"))
         assert (await INBOXES["inbox"](decode("hl7v2", good, "p"))).status == "accepted"
@@ -229,6 +210,3 @@ async def test_strict_channel_rejects_a_message_off_its_structure(runtime_projec
         assert outcome.status == "invalid" and outcome.problem.code == 100
         assert outcome.problem.text == "message structure: ValidationError: Missing required child ORM_O01_PATIENT.PID"
         assert ctx.messages.get(outcome.message_id).status == "error"
-    finally:
-        await eng.stop()
-        ctx.close()
