@@ -23,6 +23,7 @@ from engine.hl7v2 import AckError, Message, build_ack
 from engine.hl7v2.ack import new_ack_control_id
 from engine.hl7v2.validate import validate_structure
 from engine.runtime.context import Context
+from engine.runtime.dedup import RecentMessages
 
 log = logging.getLogger("radbridge.channel")
 
@@ -62,6 +63,7 @@ class Channel:
     accepts: Callable[[str | None], bool] | None = None  # the source's own type filter, if it has one
     application_ack: str | None = None  # destination label for HL7 application ACKs (MSH-16)
     strict: bool = False  # validate HL7 structure with hl7apy (slow; see engine.hl7v2.validate)
+    recent: RecentMessages | None = None  # answers duplicate checks from memory where it can
     dedup_window: timedelta = timedelta(days=1)
     on_queued: Callable[[], None] = lambda: None  # wakes the delivery workers
 
@@ -72,8 +74,9 @@ class Channel:
         control_idx = ctx.index("control_id", f"{self.name}|{inbound.dedup}") if inbound.dedup else None
         content_mac = ctx.index.content(inbound.raw)
         if control_idx and self.dedup_window and reprocess_of is None:
-            since = utcnow() - self.dedup_window
-            earlier = ctx.messages.same_control(control_idx, since)
+            earlier = self.recent.get(control_idx) if self.recent is not None else None
+            if earlier is None:
+                earlier = ctx.messages.same_control(control_idx, utcnow() - self.dedup_window)
             for message_id, mac in earlier:
                 if mac == content_mac:
                     await ctx.audit.arecord(
@@ -125,6 +128,8 @@ class Channel:
         except Exception as exc:  # noqa: BLE001 - the sender must keep the message and retry
             log.error("channel %s: could not store a message: %s", self.name, type(exc).__name__)
             return Outcome("unavailable", problem=Problem("message could not be stored; retry later", code=207))
+        if self.recent is not None and control_idx:
+            self.recent.add(control_idx, message_id, content_mac)
         if destinations or ack is not None:
             self.on_queued()
         return Outcome(outcome_status, message_id=message_id, problem=problem, flags=tuple(flags))  # type: ignore[arg-type]

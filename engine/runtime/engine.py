@@ -14,6 +14,7 @@ from engine.core import registry
 from engine.core.component import ComponentContext, Source
 from engine.runtime.channel import Channel
 from engine.runtime.context import Context
+from engine.runtime.dedup import RecentMessages
 from engine.runtime.delivery import DeliveryWorker
 from engine.runtime.topics import TopicBus
 from engine.runtime.transforms import build_transform
@@ -66,6 +67,7 @@ class Engine:
             accepts=getattr(source, "accepts", None),
             application_ack=cfg.application_ack,
             strict=cfg.strict,
+            recent=RecentMessages(self.ctx.db, cfg.name, timedelta(seconds=cfg.dedup_window_s)),
             dedup_window=timedelta(seconds=cfg.dedup_window_s),
             on_queued=lambda: [w.wake() for w in workers] and None,
         )

@@ -210,3 +210,13 @@ async def test_strict_channel_rejects_a_message_off_its_structure(runtime_projec
         assert outcome.status == "invalid" and outcome.problem.code == 100
         assert outcome.problem.text == "message structure: ValidationError: Missing required child ORM_O01_PATIENT.PID"
         assert ctx.messages.get(outcome.message_id).status == "error"
+
+
+async def test_duplicate_recognised_after_a_restart(runtime_project: Path) -> None:
+    async with running(runtime_project):
+        first = await INBOXES["inbox"](_orm("R1", "same"))
+    async with running(runtime_project) as eng:  # a new process would load the window from the store
+        assert eng.running["inbox"].channel.recent.complete
+        again = await INBOXES["inbox"](_orm("R1", "same"))
+        assert again.status == "duplicate" and again.message_id == first.message_id
+        assert (await INBOXES["inbox"](_orm("R2", "same"))).status == "accepted"
