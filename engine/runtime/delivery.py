@@ -108,7 +108,8 @@ class DeliveryWorker:
             error, status, response = str(exc) or type(exc).__name__, "dead", getattr(exc, "response", None)
         except Exception as exc:  # noqa: BLE001 - a connector bug must not stop the queue; retry it
             error = f"unexpected {type(exc).__name__}"
-            log.exception("destination %s/%s failed unexpectedly", self.channel, self.name)
+            # The type only: a connector's exception text or traceback could quote message content.
+            log.error("destination %s/%s failed unexpectedly: %s", self.channel, self.name, type(exc).__name__)
             status = "dead" if attempts >= self.policy.max_attempts else "queued"
             if status == "queued":
                 next_at = utcnow() + backoff(attempts, self.policy.backoff_s, self.policy.max_backoff_s)
