@@ -85,7 +85,8 @@ def test_python_hl7_client_gets_aa_and_two_orders_become_two_records(setup) -> N
     assert ack.get("MSA-1") == "AA"
     control_id = Message.parse(sample.read_bytes()).control_id
     wait_for(lambda: control_id in received(log))
-    stop(engine)  # graceful: the attempt in flight records its result before the engine exits
+    logs = stop(engine)  # graceful: the attempt in flight records its result before the engine exits
+    assert phi.leaks_in_bytes(logs.encode()) == [] and phi.leaks_in_bytes(out.stdout) == []
     ctx = open_context(root)
     try:
         [message] = ctx.messages.list()
@@ -130,7 +131,9 @@ def test_malformed_input_gets_nack_or_close_and_is_kept(setup) -> None:  # type:
     [nack] = [Message.parse(f) for f in raw_exchange(b"\x0b" + junk + b"\x1c\r").split(b"\x1c") if b"MSA" in f]
     assert nack.get("MSA-1") == "AE"  # binary garbage inside a frame: rejected, and kept
     assert _send(port, orm("AFTER1", "ACCFAKE1"))[0].code == "AA"  # still serving
-    stop(engine)
+    logs = stop(engine)
+    assert "oversize" in logs or "frame over" in logs  # the engine said what happened...
+    assert phi.leaks_in_bytes(logs.encode()) == []  # ...without a word of patient data
     ctx = open_context(root)
     try:
         kept = ctx.messages.list(status="error")
