@@ -1,6 +1,7 @@
 """No PHI outside the vault: store messages carrying fake PHI, then scan every byte the engine wrote."""
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,20 @@ from typer.testing import CliRunner
 from engine.cli import app
 from engine.runtime.context import open_context, record_config
 from tests import phi
+
+
+def _postgres_files_scanned(db) -> int:  # type: ignore[no-untyped-def]
+    """Scan the PostgreSQL server's own files for this database, and its WAL, as raw bytes."""
+    with db.connect() as conn:
+        conn.exec_driver_sql("CHECKPOINT")
+        data_dir = Path(conn.exec_driver_sql("SHOW data_directory").scalar())
+        oid = conn.exec_driver_sql("SELECT oid FROM pg_database WHERE datname = current_database()").scalar()
+    folders = [data_dir / "base" / str(oid), data_dir / "pg_wal"]
+    if not all(os.access(f, os.R_OK) for f in folders):
+        pytest.skip(f"the PostgreSQL data directory {data_dir} is not readable here")
+    for folder in folders:
+        assert phi.leaks_in_tree(folder) == {}, folder
+    return sum(1 for f in folders for p in f.rglob("*") if p.is_file())
 
 
 def test_no_phi_in_database_wal_blobs_logs_or_cli_output(project: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -41,7 +56,10 @@ def test_no_phi_in_database_wal_blobs_logs_or_cli_output(project: Path, caplog: 
         ctx.writer.write(ctx.messages.set_status(ids[0], "error", error="mapping failed at PID-3"))
         ctx.checkpoint()
         data = project / "data"
-        assert (data / "radbridge.db-wal").stat().st_size > 0  # scanned while the WAL still holds the pages
+        if ctx.db.dialect.name == "sqlite":
+            assert (data / "radbridge.db-wal").stat().st_size > 0  # scanned while the WAL still holds the pages
+        else:
+            assert _postgres_files_scanned(ctx.db) > 0
         assert phi.leaks_in_tree(data) == {}
     finally:
         ctx.close()

@@ -40,7 +40,7 @@ class Compiled:
             self._plans.move_to_end(key)
             return plan
         compiled = build()
-        names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
+        names = list(compiled.positiontup) if compiled.positional else list(compiled.params)
         fixups = [(i, n, p) for i, n in enumerate(names) if (p := self._processor(types(n)))]
         defaults = {n: v for n, v in compiled.params.items() if v is not None}
         get = itemgetter(*names) if len(names) > 1 else (lambda row, n=names[0]: (row[n],))
@@ -80,7 +80,10 @@ class Compiled:
         compiled_holder: dict[str, Any] = {}
 
         def build() -> Any:
-            compiled_holder["c"] = statement.compile(dialect=self.dialect)  # type: ignore[attr-defined]
+            # render_postcompile: PostgreSQL renders LIMIT as a parameter SQLAlchemy fills in at execution.
+            compiled_holder["c"] = statement.compile(  # type: ignore[attr-defined]
+                dialect=self.dialect, compile_kwargs={"render_postcompile": True}
+            )
             return compiled_holder["c"]
 
         plan = self._plan((statement,), build, lambda name: compiled_holder["c"].binds[name].type)

@@ -2,6 +2,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -109,7 +110,7 @@ def test_failing_item_fails_alone(ctx: Context) -> None:
     bad.inserts[0][1]["id"] = good_id  # duplicate primary key
     f_good, f_bad = ctx.writer.submit(good), ctx.writer.submit(bad)
     f_good.result(timeout=10)
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
         f_bad.result(timeout=10)
     assert ctx.messages.read(good_id) == b"good"
 
