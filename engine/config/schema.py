@@ -68,6 +68,12 @@ class StoreConfig(Strict):
         ge=0,
         description="Payloads up to this size are stored in the database row, larger ones as blobs.",
     )
+    lease_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a node's claim on a delivery queue lasts without renewal; after a node dies, "
+        "another takes its queues over once this has passed.",
+    )
 
 
 class KeysConfig(Strict):

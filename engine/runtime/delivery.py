@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from engine.config.schema import RetryPolicy
 from engine.core.clock import utcnow
 from engine.core.component import Destination, Outbound
 from engine.core.errors import PermanentError, RetryableError
 from engine.runtime.context import Context
+from engine.store.leases import Leases
 from engine.store.queue import Due, Queues, backoff
 
 log = logging.getLogger("radbridge.delivery")
@@ -32,6 +34,7 @@ class DeliveryWorker:
         destination: Destination,
         policy: RetryPolicy,
         body: str = "transformed",
+        leases: Leases | None = None,
     ) -> None:
         self.ctx = ctx
         self.channel = channel
@@ -43,6 +46,9 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.leases = leases
+        self._lease = f"deliver:{channel}/{name}"
+        self._lease_until = 0.0  # monotonic time until which our lease surely holds
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deliver {self.channel}/{self.name}")
@@ -61,7 +67,25 @@ class DeliveryWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.leases is not None and self._lease_until:
+            with contextlib.suppress(Exception):  # it expires by itself anyway
+                await asyncio.to_thread(self.leases.release, self._lease)
         await self.destination.close()
+
+    async def _hold_lease(self) -> bool:
+        """Several engines on one store: only the lease holder works this queue (in order); a dead
+        holder's lease runs out and another engine takes over. Renewed at half its time."""
+        if self.leases is None:
+            return True
+        ttl = self.leases.ttl.total_seconds()
+        if time.monotonic() < self._lease_until - ttl / 2:
+            return True
+        started = time.monotonic()
+        if await asyncio.to_thread(self.leases.claim, self._lease):
+            self._lease_until = started + ttl
+            return True
+        self._lease_until = 0.0
+        return False
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -78,6 +102,9 @@ class DeliveryWorker:
                 continue
             if due is None or self._stopping:
                 await self._sleep(POLL_S)
+                continue
+            if not await self._hold_lease():
+                await self._sleep(min(POLL_S, self.leases.ttl.total_seconds() / 3))  # type: ignore[union-attr]
                 continue
             wait = (due.next_attempt_at - utcnow()).total_seconds() if due.next_attempt_at else 0.0
             if wait > 0:

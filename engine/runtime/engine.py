@@ -18,6 +18,7 @@ from engine.runtime.dedup import RecentMessages
 from engine.runtime.delivery import DeliveryWorker
 from engine.runtime.topics import TopicBus
 from engine.runtime.transforms import build_transform
+from engine.store.leases import Leases, holder_id
 
 log = logging.getLogger("radbridge.engine")
 
@@ -36,6 +37,8 @@ class Engine:
         self.ctx = ctx
         self.topics = TopicBus()
         self.running: dict[str, Running] = {}
+        ttl = timedelta(seconds=ctx.project.engine.store.lease_ttl_s)
+        self.leases = Leases(ctx.db, holder_id(ctx.node), ttl)
 
     def component_context(self, channel: str) -> ComponentContext:
         async def audit(action: str, **fields: object) -> None:
@@ -56,7 +59,9 @@ class Engine:
         workers = []
         for ref, dest in zip(cfg.destinations, loaded.destinations, strict=True):
             destination = registry.build("destination", dest.kind, dest.config, cctx)
-            workers.append(DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body))
+            workers.append(
+                DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body, self.leases)
+            )
         transform = build_transform(loaded, project)
         source = registry.build("source", loaded.source_kind, loaded.source, cctx)
         channel = Channel(

@@ -142,4 +142,15 @@ class ConfigVersion(SQLModel, table=True):
     files: str = Field(description="JSON object relative path -> text")
 
 
+class Lease(SQLModel, table=True):
+    """A claim on shared work (a delivery queue) by one engine process, until it expires."""
+
+    __tablename__ = "leases"
+    __table_args__ = (_NO_ROWID,)
+
+    name: str = Field(primary_key=True, max_length=200)
+    holder: str = Field(max_length=120)
+    expires_at: datetime
+
+
 metadata = SQLModel.metadata
