@@ -25,8 +25,8 @@ app = typer.Typer(
     add_completion=False,
 )
 keys_app = typer.Typer(help="Key material: create, inspect.", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit log: verify the chain, read recent entries.", no_args_is_help=True)
-messages_app = typer.Typer(help="Stored messages: list, show.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: verify the chain, read recent entries, export.", no_args_is_help=True)
+messages_app = typer.Typer(help="Stored messages: list, show, reprocess.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(messages_app, name="messages")
@@ -262,6 +262,65 @@ def audit_tail(root: Path = ROOT, lines: int = typer.Option(20, "-n", help="How 
             f"{r.node}#{r.seq} {r.ts} {r.actor} {r.action} {r.outcome} records={ids}"
             f"{' purpose=' + r.purpose if r.purpose else ''}{' peer=' + r.peer if r.peer else ''}"
         )
+
+
+def _utc_bound(value: str | None, option: str) -> str | None:
+    """An ISO 8601 time (naive means UTC) in the engine's RFC 3339 UTC form, so it compares with ts as text."""
+    from datetime import UTC, datetime
+
+    from engine.core.clock import iso
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option} must be an ISO 8601 date or time, got {value!r}")
+    return iso(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+
+
+@audit_app.command("export")
+def audit_export(
+    root: Path = ROOT,
+    fmt: str = typer.Option(
+        "fhir", "--format", help="fhir (a Bundle of AuditEvents), fhir-ndjson (one per line) or atna (DICOM XML)."
+    ),
+    since: str | None = typer.Option(None, help="Only entries at or after this ISO time (UTC unless given)."),
+    until: str | None = typer.Option(None, help="Only entries before this ISO time (UTC unless given)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here (mode 0600); default: standard output."),
+) -> None:
+    """Export the audit log as FHIR AuditEvents (IHE BALP) or DICOM ATNA messages; sealed details stay sealed.
+    The export is itself audited."""
+    import os
+
+    from engine.audit.export import FORMATS, read_batches, write
+
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    start, end = _utc_bound(since, "--since"), _utc_bound(until, "--until")
+    ctx = _context(root)
+    detail: dict[str, object] = {"format": fmt, "since": start, "until": end, "out": str(out) if out else "stdout"}
+    try:
+        try:
+            if out is None:
+                detail["entries"] = write(read_batches(ctx.db, start, end), fmt, sys.stdout)
+            else:
+                # 0600 like the key file: ids and blind indexes are not PHI, but the trail is still sensitive
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_TRUNC
+                with open(fd, "w", encoding="utf-8") as stream:
+                    detail["entries"] = write(read_batches(ctx.db, start, end), fmt, stream)
+        except Exception as exc:
+            detail["error"] = type(exc).__name__
+            ctx.audit.record("audit.exported", actor=_actor(), outcome="failure", detail=detail)
+            if isinstance(exc, OSError):
+                _fail(f"{out}: {exc.strerror}")
+            raise
+        ctx.audit.record("audit.exported", actor=_actor(), detail=detail)
+    finally:
+        ctx.close()
+    if out is not None:
+        typer.echo(f"audit: exported {detail['entries']} entries to {out}", err=True)
 
 
 # -- messages ----------------------------------------------------------------------------------

@@ -26,7 +26,14 @@ def cli_examples(doc: str) -> list[list[str]]:
 def test_security_doc_commands_run(tmp_path: Path) -> None:
     root = write_project(tmp_path / "p")
     commands = cli_examples("security.md")
-    assert [c[:2] for c in commands] == [["keys", "init"], ["keys", "status"], ["audit", "verify"], ["audit", "tail"]]
+    assert [c[:2] for c in commands] == [
+        ["keys", "init"],
+        ["keys", "status"],
+        ["audit", "verify"],
+        ["audit", "tail"],
+        ["audit", "export"],
+        ["audit", "export"],
+    ]
     for args in commands:
         result = CliRunner().invoke(app, [*args, "--root", str(root)])
         assert result.exit_code == 0, (args, result.output)

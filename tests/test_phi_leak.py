@@ -75,6 +75,8 @@ def test_no_phi_in_database_wal_blobs_logs_or_cli_output(project: Path, caplog: 
             ["audit", "tail", "--root", str(project), "-n", "50"],
             ["audit", "verify", "--root", str(project)],
             ["keys", "status", "--root", str(project)],
+            ["audit", "export", "--format", "fhir", "--root", str(project)],
+            ["audit", "export", "--format", "atna", "--root", str(project)],
         )
     ]
     assert all(outputs)
