@@ -59,8 +59,7 @@ class NodeConfig(Strict):
 class StoreConfig(Strict):
     url: str = Field(
         "sqlite:///data/radbridge.db",
-        description="SQLAlchemy database URL: sqlite:///path or postgresql+psycopg://… (use ${NAME} for "
-        "the password).",
+        description="SQLAlchemy database URL: sqlite:///path or postgresql+psycopg://… (use ${NAME} for the password).",
     )
     blob_dir: str = Field("data/blobs", description="Folder for encrypted payloads too large to keep inline.")
     inline_max_bytes: int = Field(
@@ -81,9 +80,7 @@ class KeysConfig(Strict):
         "file",
         description="Where the keyring (key-encryption keys) comes from: a file or an environment variable.",
     )
-    file: str = Field(
-        "~/.radbridge/keyring.json", description="Keyring file when source is 'file'; must be mode 0600."
-    )
+    file: str = Field("~/.radbridge/keyring.json", description="Keyring file when source is 'file'; must be mode 0600.")
     env: str = Field(
         "RADBRIDGE_KEYRING",
         pattern=ENV_NAME,
@@ -109,24 +106,33 @@ class ListenerConfig(Strict):
     kind: Literal["http"] = Field("http", description="Protocol served: 'http' (REST API and web pages).")
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 or :: for every interface.")
     port: int = Field(ge=1, le=65535, description="TCP port to bind.")
-    tls: TlsConfig | None = Field(
-        None, description="TLS settings; without them the listener speaks plain HTTP."
-    )
+    tls: TlsConfig | None = Field(None, description="TLS settings; without them the listener speaks plain HTTP.")
 
 
 class RetentionConfig(Strict):
-    messages_days: int = Field(
-        30, ge=1, description="Days to keep messages and payloads before purging them."
-    )
+    messages_days: int = Field(30, ge=1, description="Days to keep messages and payloads before purging them.")
     audit_days: int = Field(2190, ge=1, description="Days to keep audit entries (default 6 years).")
-    batch_size: int = Field(
-        1000, ge=1, description="Rows purged per transaction, so purges never lock for long."
+    batch_size: int = Field(1000, ge=1, description="Rows purged per transaction, so purges never lock for long.")
+
+
+class AuditForwardConfig(Strict):
+    host: str = Field(description="Syslog collector (RFC 5424 over TLS, RFC 5425 framing), e.g. a SIEM.")
+    port: int = Field(6514, ge=1, le=65535, description="Its TLS syslog port (6514 is the registered one).")
+    ca: str = Field(description="CA (PEM) the collector's certificate must chain to; relative to the project root.")
+    cert: str | None = Field(None, description="Client certificate (PEM) for collectors that require one.")
+    key: str | None = Field(None, description="Private key of the client certificate (PEM).")
+    facility: Literal[10, 13] = Field(10, description="Syslog facility: 10 authpriv or 13 log audit.")
+    state_file: str = Field(
+        "data/audit-forward.json", description="Where the last forwarded entry is remembered, to resume without gaps."
     )
 
 
 class AuditConfig(Strict):
     checkpoint_interval_seconds: int = Field(
         300, ge=1, description="Seconds between signed checkpoints of the audit hash chain."
+    )
+    forward: AuditForwardConfig | None = Field(
+        None, description="Stream every entry and checkpoint off the host as it is written (IHE ATNA over syslog)."
     )
 
 
@@ -163,9 +169,7 @@ class EngineConfig(Strict):
         default_factory=lambda: ["channels/*.yaml"],
         description="Glob patterns, relative to the project root, of the channel files to load.",
     )
-    mappings: RelPath = Field(
-        "mappings", description="Folder, relative to the project root, of mapping files."
-    )
+    mappings: RelPath = Field("mappings", description="Folder, relative to the project root, of mapping files.")
 
 
 # --- channels/*.yaml -------------------------------------------------------------------------
@@ -223,9 +227,7 @@ class ChannelConfig(Strict):
     enabled: bool = Field(True, description="Disabled channels are validated but not started.")
     source: ComponentRef = Field(description="Where messages come from: `kind` plus that source's keys.")
     filter: ComponentRef | None = Field(None, description="Optional stage deciding which messages go on.")
-    mapping: RelPath | None = Field(
-        None, description="Mapping file applied to each message, relative to the root."
-    )
+    mapping: RelPath | None = Field(None, description="Mapping file applied to each message, relative to the root.")
     destinations: list[DestinationRef] = Field(
         default_factory=list, description="Where messages go: each a `name`, a `kind` and that kind's keys."
     )
@@ -245,6 +247,12 @@ class ChannelConfig(Strict):
         description="A message repeating an earlier one's sender, control id and content within this many "
         "seconds is acknowledged again but not processed twice (0: off).",
     )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Days to keep this channel's messages and payloads before purging them (unset: "
+        "`retention.messages_days`). Messages still awaiting delivery are kept; the audit trail always is.",
+    )
 
 
 # --- mappings/*.yaml -------------------------------------------------------------------------
@@ -252,16 +260,10 @@ class ChannelConfig(Strict):
 
 class Condition(Strict):
     path: str = Field(description="Path read for the test, in the same context as the rule's `from`.")
-    in_: list[str] | None = Field(
-        None, alias="in", min_length=1, description="True when the value is one of these."
-    )
-    not_in: list[str] | None = Field(
-        None, min_length=1, description="True when the value is absent or none of these."
-    )
+    in_: list[str] | None = Field(None, alias="in", min_length=1, description="True when the value is one of these.")
+    not_in: list[str] | None = Field(None, min_length=1, description="True when the value is absent or none of these.")
     equals: str | None = Field(None, description="True when the value is exactly this.")
-    present: bool | None = Field(
-        None, description="true: the path has a value; false: it is absent or empty."
-    )
+    present: bool | None = Field(None, description="true: the path has a value; false: it is absent or empty.")
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
@@ -287,9 +289,7 @@ class FieldRule(Strict):
     )
     value: Any = Field(None, description="A constant instead of `from` (a string, number or boolean).")
     required: bool = Field(False, description="Fail the message when no path yields a value.")
-    default: Any = Field(
-        None, description="Value used when no path yields one (a string, number or boolean)."
-    )
+    default: Any = Field(None, description="Value used when no path yields one (a string, number or boolean).")
     fn: list[str] = Field(
         default_factory=list,
         description="String functions applied, in order, to each value read (trim, upper, ...).",
@@ -358,15 +358,14 @@ class MappingFile(Strict):
     )
     template: dict[str, str] = Field(
         default_factory=dict,
-        description="For `to: hl7v2`: constant values by HL7 path (MSH-3, MSH-9.1, ...), written before "
-        "`fields`.",
+        description="For `to: hl7v2`: constant values by HL7 path (MSH-3, MSH-9.1, ...), written before `fields`.",
     )
     fields: dict[str, FieldRule] = Field(
         description="Output field name (or HL7 path for `to: hl7v2`) -> rule saying where its value comes from."
     )
     tables: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="Named code tables used by `map:`, each code -> value; code \"*\" is the fallback.",
+        description='Named code tables used by `map:`, each code -> value; code "*" is the fallback.',
     )
 
     @field_validator("accept", mode="before")

@@ -14,6 +14,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
 from engine import __version__
+from engine.audit.forward import AuditForwarder, forwarder_from_settings
 from engine.config import load_project
 from engine.core.errors import ConfigError
 from engine.runtime.context import Context, record_config
@@ -53,6 +54,17 @@ def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
         checks["store"] = type(exc).__name__
     checks["writer"] = "ok" if ctx.writer.alive else "stopped"
     return all(v == "ok" for v in checks.values()), checks
+
+
+def _forwarder(ctx: Context) -> AuditForwarder | None:
+    cfg, root = ctx.project.engine.audit.forward, ctx.project.root
+    if cfg is None:
+        return None
+    return forwarder_from_settings(
+        ctx.db, host=cfg.host, port=cfg.port, ca=str(root / cfg.ca),
+        cert=cfg.cert and str(root / cfg.cert), key=cfg.key and str(root / cfg.key),
+        state_path=root / cfg.state_file, node=ctx.node, facility=cfg.facility,
+    )  # fmt: skip
 
 
 async def reload(ctx: Context, engine: Engine) -> str:
@@ -99,6 +111,8 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     tasks = [asyncio.create_task(server.serve()) for _, server in servers]
+    forwarder = _forwarder(ctx)
+    forwarding = asyncio.create_task(forwarder.run(stop)) if forwarder else None
     engine = Engine(ctx)
     try:
         while not all(server.started for _, server in servers):
@@ -129,4 +143,13 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
         scheduler.shutdown(wait=False)
         ctx.audit.record("engine.stopped", actor=ACTOR)
         ctx.checkpoint()
+        if forwarder and forwarding:
+            forwarder.stop()
+            await asyncio.gather(forwarding, return_exceptions=True)
+            try:  # the last entries and the shutdown checkpoint leave the host too, if the collector is up
+                await asyncio.wait_for(forwarder.forward_pending(), timeout=10)
+            except (OSError, TimeoutError) as exc:
+                log.warning(
+                    "audit forwarding: collector unreachable at shutdown (%s); resumes next start", type(exc).__name__
+                )
         announce("stopped")
