@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine.core.errors import IntegrityError
 from engine.security.keyring import Keyring
+from engine.security.kms import Kek, LocalKek
 
 FORMAT_VERSION = 1
 _NONCE = 12
@@ -45,35 +46,29 @@ def _key_aad(kek_id: str, kek_version: int, record_id: str) -> bytes:
 
 
 class Vault:
-    def __init__(self, keyring: Keyring) -> None:
-        self.keyring = keyring
-        self._keks: dict[int, tuple[bytes, AESGCM]] = {}
+    """Envelope encryption over a KEK: the keyring's versions by default, or any `Kek` (a KMS)."""
 
-    def _kek(self, version: int) -> AESGCM:
-        key = self.keyring.kek(version)  # raises for a missing or retired version, every time
-        cached = self._keks.get(version)
-        if cached is None or cached[0] != key:
-            cached = self._keks[version] = (key, AESGCM(key))
-        return cached[1]
+    def __init__(self, keyring: Keyring, kek: Kek | None = None) -> None:
+        self.keyring = keyring
+        self.kek: Kek = kek if kek is not None else LocalKek(keyring)
 
     def new_data_key(self, record_id: str) -> DataKey:
         key = os.urandom(32)
         return DataKey(record_id, key, self.wrap(key, record_id))
 
     def wrap(self, key: bytes, record_id: str, kek_version: int | None = None) -> WrappedKey:
-        version = self.keyring.kek_active if kek_version is None else kek_version
-        nonce = os.urandom(_NONCE)
-        sealed = self._kek(version).encrypt(nonce, key, _key_aad(self.keyring.kek_id, version, record_id))
-        return WrappedKey(self.keyring.kek_id, version, nonce + sealed)
+        kek_id = self.kek.kek_id
+        version = self.kek.active if kek_version is None else kek_version
+        version, blob = self.kek.wrap(key, _key_aad(kek_id, version, record_id), version)
+        return WrappedKey(kek_id, version, blob)
 
     def unwrap(self, wrapped: WrappedKey, record_id: str) -> DataKey:
-        if wrapped.kek_id != self.keyring.kek_id:
+        if wrapped.kek_id != self.kek.kek_id:
             raise IntegrityError(f"record {record_id}: data key wrapped by unknown KEK {wrapped.kek_id}")
-        kek = self._kek(wrapped.kek_version)
         aad = _key_aad(wrapped.kek_id, wrapped.kek_version, record_id)
         try:
-            key = kek.decrypt(wrapped.wrapped[:_NONCE], wrapped.wrapped[_NONCE:], aad)
-        except InvalidTag:
+            key = self.kek.unwrap(wrapped.wrapped, aad, wrapped.kek_version)  # KeyMaterialError when retired
+        except IntegrityError:
             raise IntegrityError(f"record {record_id}: data key failed to unwrap (wrong KEK or tampered)") from None
         return DataKey(record_id, key, wrapped)
 
