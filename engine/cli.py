@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-keys_app = typer.Typer(help="Key material: create, inspect.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key material: create, inspect, rotate, retire.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log: verify the chain, read recent entries, export.", no_args_is_help=True)
 messages_app = typer.Typer(help="Stored messages: list, show, reprocess.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -194,28 +194,60 @@ def keys_init(root: Path = ROOT, force: bool = typer.Option(False, help="Replace
 
 @keys_app.command("status")
 def keys_status(root: Path = ROOT) -> None:
-    """Show key versions, ages and how many records each KEK version wraps (never key material)."""
-    from sqlalchemy import func, select
-
-    from engine.store.tables import DataKeyRow
+    """Show KEK versions, their ages and how many records each wraps (never key material)."""
+    from engine.store import rotation
 
     ctx = _context(root)
     try:
         info = ctx.keyring.describe()
-        table = DataKeyRow.__table__
-        with ctx.db.connect() as conn:
-            counts = dict(conn.execute(select(table.c.kek_version, func.count()).group_by(table.c.kek_version)).all())
-        typer.echo(f"keyring: {info['source']}{'  (DEVELOPMENT KEY: not for patient data)' if info['dev'] else ''}")
-        typer.echo(f"checkpoint signing key: {info['signing_key_id']}")
-        for version, meta in sorted(info["kek_versions"].items()):  # type: ignore[union-attr]
-            mark = " active" if version == info["kek_active"] else ""
-            state = " retired" if meta["retired"] else ""
-            typer.echo(
-                f"KEK {info['kek_id']} v{version}{mark}{state}: created {meta['created_at']}, "
-                f"wraps {counts.get(version, 0)} record(s)"
-            )
+        state = rotation.status(ctx.db, ctx.vault.kek)
     finally:
         ctx.close()
+    typer.echo(f"keyring: {info['source']}{'  (DEVELOPMENT KEY: not for patient data)' if info['dev'] else ''}")
+    typer.echo(f"checkpoint signing key: {info['signing_key_id']}")
+    for v in state["versions"]:
+        marks = (" active" if v["active"] else "") + (" retired" if v["retired"] else "")
+        days = v["age_seconds"] / 86400 if v.get("age_seconds") is not None else None
+        age = f", {days:.0f} day(s) old" if days is not None else ""
+        typer.echo(f"KEK {state['kek_id']} v{v['version']}{marks}: created {v['created_at']}{age}, "
+                   f"wraps {v['records']} record(s)")  # fmt: skip
+    for kek_id, count in (state.get("other_keks") or {}).items():
+        typer.echo(f"other KEK {kek_id}: wraps {count} record(s)")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    root: Path = ROOT,
+    rewrap_only: bool = typer.Option(False, help="Do not make a new version; re-wrap onto the active one."),
+    batch_size: int = typer.Option(500, help="Data keys re-wrapped per transaction."),
+) -> None:
+    """Make a new KEK version and re-wrap every data key onto it, in batches, while the engine runs.
+    Content is not re-encrypted. Restart (or reload) running engines so new records use the new version."""
+    from engine.store import rotation
+
+    ctx = _context(root)
+    try:
+        version = ctx.vault.kek.active if rewrap_only else _guard(ctx.vault.kek.rotate)
+        count = _guard(lambda: rotation.rotate(ctx.db, ctx.vault, batch_size=batch_size))
+        ctx.audit.record("keys.rotated", actor=_actor(), detail={"kek": ctx.vault.kek.kek_id, "version": version,
+                                                                  "rewrapped": count})  # fmt: skip
+    finally:
+        ctx.close()
+    typer.echo(f"KEK {ctx.vault.kek.kek_id} v{version} active; {count} data key(s) re-wrapped")
+
+
+@keys_app.command("retire")
+def keys_retire(version: int, root: Path = ROOT) -> None:
+    """Retire a KEK version that wraps no record any more; it can no longer unwrap anything."""
+    from engine.store import rotation
+
+    ctx = _context(root)
+    try:
+        _guard(lambda: rotation.retire(ctx.db, ctx.vault.kek, version))
+        ctx.audit.record("keys.retired", actor=_actor(), detail={"kek": ctx.vault.kek.kek_id, "version": version})
+    finally:
+        ctx.close()
+    typer.echo(f"KEK {ctx.vault.kek.kek_id} v{version} retired")
 
 
 # -- audit -------------------------------------------------------------------------------------

@@ -114,3 +114,17 @@ def test_invalid_config_lists_diagnostics_exit_2(project: Path) -> None:
     assert (
         result.exit_code == 2 and "config/engine.yaml:1:1: unknown key 'stor' (did you mean 'store'?)" in result.output
     )
+
+
+def test_keys_rotate_retire_status(project: Path) -> None:
+    message_id = _store_orm(project)
+    rotated = _invoke("keys", "rotate", "--root", str(project))
+    assert rotated.exit_code == 0 and "v2 active; 1 data key(s) re-wrapped" in rotated.output
+    status = _invoke("keys", "status", "--root", str(project)).output
+    assert "v2 active" in status and "v1: created" in status and "wraps 0 record(s)" in status
+    refused = runner.invoke(app, ["keys", "retire", "2", "--root", str(project)])
+    assert refused.exit_code == 1 and "active" in refused.output
+    assert _invoke("keys", "retire", "1", "--root", str(project)).exit_code == 0
+    assert "v1 retired" in _invoke("keys", "status", "--root", str(project)).output
+    shown = _invoke("messages", "show", message_id, "--root", str(project), "--decrypt")
+    assert phi.MRN in shown.output  # still readable under the new version
