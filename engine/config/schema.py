@@ -75,6 +75,15 @@ class StoreConfig(Strict):
     )
 
 
+class VaultTransitConfig(Strict):
+    addr: str = Field(description="Vault address, e.g. https://vault.internal:8200.")
+    key: str = Field(description="Name of the transit key.")
+    mount: str = Field("transit", description="Mount path of the transit engine.")
+    token_env: str = Field("VAULT_TOKEN", pattern=ENV_NAME, description="Environment variable holding the token.")
+    namespace: str | None = Field(None, description="Vault Enterprise namespace, if any.")
+    ca: str | None = Field(None, description="CA bundle (PEM) to verify Vault's certificate.")
+
+
 class KeysConfig(Strict):
     source: Literal["file", "env"] = Field(
         "file",
@@ -88,6 +97,14 @@ class KeysConfig(Strict):
     )
     allow_dev_key: bool = Field(
         True, description="Create a throwaway development keyring when none exists. Set false in production."
+    )
+    kek: Literal["keyring", "vault-transit"] = Field(
+        "keyring",
+        description="Who holds the key-encryption key: the keyring itself, or HashiCorp Vault's transit "
+        "engine (data keys are then wrapped by Vault; the keyring still holds the index, audit and signing keys).",
+    )
+    vault_transit: VaultTransitConfig | None = Field(
+        None, description="Vault transit settings when kek is vault-transit."
     )
 
 

@@ -23,6 +23,7 @@ from engine.core.clock import utcnow
 from engine.security import keyring as keyring_mod
 from engine.security.blind_index import BlindIndex
 from engine.security.keyring import Keyring
+from engine.security.kms import open_kek
 from engine.security.vault import AuditSealer, Vault
 from engine.store import db
 from engine.store.blobs import BlobFolder
@@ -89,7 +90,11 @@ def open_context(root: Path, *, project: Project | None = None, create_dev_key: 
     engine = db.create(store_url(project))
     db.migrate(engine)
     writer = GroupWriter(engine, ChainLinker(project.engine.node.id))
-    vault = Vault(keyring)
+    keys = project.engine.keys
+    transit = keys.vault_transit.model_dump(exclude_none=True) if keys.vault_transit else None
+    if transit and transit.get("ca"):
+        transit["ca"] = str(_under(project.root, transit["ca"]))
+    vault = Vault(keyring, open_kek(keyring, keys.kek, transit))
     blobs = BlobFolder(_under(project.root, project.engine.store.blob_dir))
     return Context(
         project=project,
