@@ -173,6 +173,23 @@ def send(
         raise typer.Exit(1)
 
 
+@app.command("purge")
+def purge_now(root: Path = ROOT) -> None:
+    """Run retention now: purge messages past their channel's retention (crypto-shredding their keys),
+    keep the audit trail, and print what went."""
+    from engine.runtime.serve import run_retention
+
+    ctx = _context(root)
+    try:
+        report = _guard(lambda: run_retention(ctx, _actor()))
+    finally:
+        ctx.close()
+    for channel in report.channels:
+        typer.echo(f"{channel.channel}: {channel.messages} message(s) purged (older than {channel.days} days), "
+                   f"{channel.kept_queued} kept while queued")  # fmt: skip
+    typer.echo(f"{report.messages} message(s) purged; freed space scrubbed: {'yes' if report.scrubbed else 'NO'}")
+
+
 # -- keys --------------------------------------------------------------------------------------
 
 

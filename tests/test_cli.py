@@ -128,3 +128,28 @@ def test_keys_rotate_retire_status(project: Path) -> None:
     assert "v1 retired" in _invoke("keys", "status", "--root", str(project)).output
     shown = _invoke("messages", "show", message_id, "--root", str(project), "--decrypt")
     assert phi.MRN in shown.output  # still readable under the new version
+
+
+def test_purge_now_removes_old_messages_and_is_audited(project: Path) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from engine.store.tables import Message
+
+    old, new = _store_orm(project), _store_orm(project)
+    ctx = open_context(project)
+    try:
+        with ctx.db.begin() as conn:
+            table = Message.__table__
+            conn.execute(
+                update(table).where(table.c.id == old).values(received_at=table.c.received_at - timedelta(days=40))
+            )
+    finally:
+        ctx.close()
+    result = _invoke("purge", "--root", str(project))
+    assert result.exit_code == 0 and "ris-orders: 1 message(s) purged (older than 30 days)" in result.output
+    assert "freed space scrubbed: yes" in result.output
+    listed = _invoke("messages", "list", "--root", str(project)).output
+    assert new in listed and old not in listed
+    assert "retention.purged" in _invoke("audit", "tail", "--root", str(project)).output

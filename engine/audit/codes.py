@@ -64,6 +64,9 @@ ACTIONS: dict[str, EventCodes] = {
     "engine.stopped": EventCodes(APPLICATION_ACTIVITY, APPLICATION_STOP, "E"),
     "audit.verified": EventCodes(AUDIT_LOG_USED, None, "E"),
     "audit.exported": EventCodes(AUDIT_LOG_USED, None, "R"),
+    "retention.purged": EventCodes(PATIENT_RECORD, None, "D"),
+    "keys.rotated": EventCodes(SECURITY_ALERT, None, "U"),
+    "keys.retired": EventCodes(SECURITY_ALERT, None, "U"),
 }
 # Actions added later still export sensibly: by their prefix, else as application activity.
 PREFIXES: dict[str, EventCodes] = {

@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -20,6 +21,8 @@ from engine.core.errors import ConfigError
 from engine.runtime.context import Context, record_config
 from engine.runtime.engine import Engine
 from engine.security.tls import server_context
+from engine.store.leases import Leases, holder_id
+from engine.store.retention import PurgeReport, purge, sweep_orphan_blobs
 from engine.web.app import create_app
 
 log = logging.getLogger("radbridge")
@@ -54,6 +57,31 @@ def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
         checks["store"] = type(exc).__name__
     checks["writer"] = "ok" if ctx.writer.alive else "stopped"
     return all(v == "ok" for v in checks.values()), checks
+
+
+async def _retention(ctx: Context) -> None:
+    leases = Leases(ctx.db, holder_id(ctx.node), timedelta(hours=1))
+    if not await asyncio.to_thread(leases.claim, "retention"):
+        return
+    try:
+        report = await asyncio.to_thread(run_retention, ctx, "service:retention")
+        log.info("retention: %d message(s) purged%s", report.messages, "" if report.scrubbed else "; scrub incomplete")
+    finally:
+        await asyncio.to_thread(leases.release, "retention")
+
+
+def run_retention(ctx: Context, actor: str) -> PurgeReport:
+    """Purge what the configuration's retention periods allow; then remove orphaned blob files."""
+    project = ctx.project
+    report = purge(
+        ctx,
+        channels={c.config.name: c.config.retention_days for c in project.channels},
+        default_days=project.engine.retention.messages_days,
+        batch_size=project.engine.retention.batch_size,
+        actor=actor,
+    )
+    sweep_orphan_blobs(ctx.db, ctx.messages.blobs)
+    return report
 
 
 def _forwarder(ctx: Context) -> AuditForwarder | None:
@@ -92,6 +120,8 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     scheduler.add_job(
         ctx.checkpoint, "interval", seconds=engine_cfg.audit.checkpoint_interval_seconds, id="audit-checkpoint"
     )
+    # Retention once a day, off-peak, in a worker thread (it blocks), by one engine at a time.
+    scheduler.add_job(_retention, "cron", hour=3, minute=17, args=[ctx], id="retention", max_instances=1, coalesce=True)
     scheduler.start()
 
     app = create_app(lambda: _ready(ctx))
