@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -32,25 +33,33 @@ def write_project(root: Path, engine_yaml: str = "", store_url: str | None = Non
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """Each store test runs on SQLite (the default) and on the local PostgreSQL, in a database of its own."""
-    if request.param == "sqlite":
-        yield None
-        return
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own on the local server, dropped afterwards; skips the test with
+    the reason when no server answers."""
     import psycopg
 
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL store tests need a server at 127.0.0.1:5432 (user postgres): {exc}")
-    name = f"radbridge_test_{uuid.uuid4().hex[:12]}"
+        pytest.skip(f"PostgreSQL tests need a server at 127.0.0.1:5432 (user postgres): {exc}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each store test runs on SQLite (the default) and on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_postgres_database("radbridge_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,32 +7,20 @@ import asyncio
 import shutil
 import signal
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.connectors.mllp import send_messages
-from tests.conftest import PG_ADMIN
+from tests.conftest import fresh_postgres_database
 from tests.e2e.harness import free_port, make_project, orm, received, start_downstream, start_engine, stop, wait_for
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"multi-node tests need PostgreSQL at 127.0.0.1:5432 (user postgres): {exc}")
-    name = f"radbridge_nodes_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database("radbridge_nodes") as url:
+        yield url
 
 
 def _node(tmp: Path, name: str, url: str, port: int, downstream: int, keyring_from: Path | None) -> Path:
