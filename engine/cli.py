@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -188,6 +189,73 @@ def purge_now(root: Path = ROOT) -> None:
         typer.echo(f"{channel.channel}: {channel.messages} message(s) purged (older than {channel.days} days), "
                    f"{channel.kept_queued} kept while queued")  # fmt: skip
     typer.echo(f"{report.messages} message(s) purged; freed space scrubbed: {'yes' if report.scrubbed else 'NO'}")
+
+
+@app.command()
+def backup(dest: Path, root: Path = ROOT) -> None:
+    """Write a consistent backup of the store (database and blob folder) to DEST while the engine runs.
+    The data stays encrypted; the keyring is NOT in it: export that apart with `keys export`."""
+    from engine.store.backup import backup as take_backup
+
+    ctx = _context(root)
+    try:
+        info = _guard(lambda: take_backup(ctx, dest, actor=_actor()))
+    finally:
+        ctx.close()
+    typer.echo(f"backup of the {info.store} store written to {dest}: {info.messages} message(s), "
+               f"{info.audit_entries} audit entries, {info.blobs} blob(s)")  # fmt: skip
+
+
+@app.command()
+def restore(src: Path, root: Path = ROOT) -> None:
+    """Restore a backup into this project's store, which must be empty; then `keys import` the keyring."""
+    from engine.runtime.context import store_url
+    from engine.store.backup import restore as do_restore
+
+    project = _guard(lambda: load_project(root))
+    info = _guard(lambda: do_restore(src, project.root, store_url(project)))
+    typer.echo(f"restored {info.messages} message(s) and {info.audit_entries} audit entries from {src}")
+
+
+def _passphrase(env: str) -> str:
+    value = os.environ.get(env)
+    if not value:
+        _fail(f"environment variable {env} holding the passphrase is not set")
+    return value
+
+
+PASSPHRASE = typer.Option("RADBRIDGE_KEY_PASSPHRASE", help="Environment variable holding the passphrase.")
+
+
+@keys_app.command("export")
+def keys_export(dest: Path, root: Path = ROOT, passphrase_env: str = PASSPHRASE) -> None:
+    """Export the keyring sealed under a passphrase (scrypt, AES-256-GCM), to keep apart from backups."""
+    from engine.runtime.context import load_keyring
+    from engine.security.key_export import export_keyring
+
+    project = _guard(lambda: load_project(root))
+    sealed = _guard(lambda: export_keyring(load_keyring(project), _passphrase(passphrase_env)))
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _fail(f"{dest} already exists")
+    with os.fdopen(fd, "wb") as out:
+        out.write(sealed)
+    typer.echo(f"keyring exported to {dest}, sealed under the passphrase in ${passphrase_env}")
+
+
+@keys_app.command("import")
+def keys_import(src: Path, root: Path = ROOT, passphrase_env: str = PASSPHRASE) -> None:
+    """Import an exported keyring into the configured key file (mode 0600), e.g. after a restore."""
+    from engine.runtime.context import _under
+    from engine.security import keyring
+    from engine.security.key_export import import_keyring
+
+    project = _guard(lambda: load_project(root))
+    ring = _guard(lambda: import_keyring(src.read_bytes(), _passphrase(passphrase_env)))
+    path = _under(project.root, project.engine.keys.file)
+    _guard(lambda: keyring.write_file(ring, path))
+    typer.echo(f"keyring imported to {path}")
 
 
 # -- keys --------------------------------------------------------------------------------------

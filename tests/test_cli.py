@@ -153,3 +153,25 @@ def test_purge_now_removes_old_messages_and_is_audited(project: Path) -> None:
     listed = _invoke("messages", "list", "--root", str(project)).output
     assert new in listed and old not in listed
     assert "retention.purged" in _invoke("audit", "tail", "--root", str(project)).output
+
+
+def test_backup_restore_and_key_escrow_round_trip(project: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import contextlib
+
+    from tests.conftest import fresh_postgres_database, write_project
+
+    message_id = _store_orm(project)
+    monkeypatch.setenv("RADBRIDGE_KEY_PASSPHRASE", "correct horse battery staple")
+    assert _invoke("backup", str(tmp_path / "bk"), "--root", str(project)).exit_code == 0
+    assert _invoke("keys", "export", str(tmp_path / "keys.sealed"), "--root", str(project)).exit_code == 0
+    postgres = "postgresql" in (project / "config" / "engine.yaml").read_text()
+    with fresh_postgres_database("radbridge_restore") if postgres else contextlib.nullcontext(None) as url:
+        target = write_project(tmp_path / "restored", store_url=url)
+        restored = _invoke("restore", str(tmp_path / "bk"), "--root", str(target))
+        assert restored.exit_code == 0, restored.output
+        assert _invoke("keys", "import", str(tmp_path / "keys.sealed"), "--root", str(target)).exit_code == 0
+        shown = _invoke("messages", "show", message_id, "--root", str(target), "--decrypt")
+        assert phi.MRN in shown.output
+        assert _invoke("audit", "verify", "--root", str(target)).output.startswith("audit: OK")
+        again = runner.invoke(app, ["restore", str(tmp_path / "bk"), "--root", str(target)])
+        assert again.exit_code == 1  # never over existing data
