@@ -207,14 +207,21 @@ def backup(dest: Path, root: Path = ROOT) -> None:
 
 
 @app.command()
-def restore(src: Path, root: Path = ROOT) -> None:
-    """Restore a backup into this project's store, which must be empty; then `keys import` the keyring."""
+def restore(
+    src: Path,
+    root: Path = ROOT,
+    keys: Path | None = typer.Option(None, help="Also import this exported keyring (see `keys export`)."),
+    passphrase_env: str = typer.Option("RADBRIDGE_KEY_PASSPHRASE", help="Environment variable with its passphrase."),
+) -> None:
+    """Restore a backup into this project's store, which must be empty (and with --keys, its keyring)."""
     from engine.runtime.context import store_url
     from engine.store.backup import restore as do_restore
 
     project = _guard(lambda: load_project(root))
     info = _guard(lambda: do_restore(src, project.root, store_url(project)))
     typer.echo(f"restored {info.messages} message(s) and {info.audit_entries} audit entries from {src}")
+    if keys is not None:
+        keys_import(keys, root, passphrase_env)
 
 
 def _passphrase(env: str) -> str:

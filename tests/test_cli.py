@@ -167,9 +167,11 @@ def test_backup_restore_and_key_escrow_round_trip(project: Path, tmp_path: Path,
     postgres = "postgresql" in (project / "config" / "engine.yaml").read_text()
     with fresh_postgres_database("radbridge_restore") if postgres else contextlib.nullcontext(None) as url:
         target = write_project(tmp_path / "restored", store_url=url)
-        restored = _invoke("restore", str(tmp_path / "bk"), "--root", str(target))
+        restored = _invoke(
+            "restore", str(tmp_path / "bk"), "--keys", str(tmp_path / "keys.sealed"), "--root", str(target)
+        )
         assert restored.exit_code == 0, restored.output
-        assert _invoke("keys", "import", str(tmp_path / "keys.sealed"), "--root", str(target)).exit_code == 0
+        assert "keyring imported" in restored.output
         shown = _invoke("messages", "show", message_id, "--root", str(target), "--decrypt")
         assert phi.MRN in shown.output
         assert _invoke("audit", "verify", "--root", str(target)).output.startswith("audit: OK")
