@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -81,6 +80,9 @@ def _release(batch: list[tuple[WriteItem, Waiter]], exc: BaseException | None = 
                 pass
 
 
+# How long a commit waits for concurrent producers' next items (measured: 100-400 us all did about
+# as well on 8 MLLP connections; 0 was ~10 % slower). A lone producer never waits.
+GATHER_S = 0.00025
 _AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
 
 
@@ -110,7 +112,7 @@ class GroupWriter:
         self.batches = 0
         self.items = 0
         self._last_batch = 1
-        self.gather_s = float(os.environ.get("RADBRIDGE_GATHER_US", "250")) / 1e6
+        self.gather_s = GATHER_S
         self._checkpointer.start()
 
     @property
