@@ -177,3 +177,20 @@ def test_backup_restore_and_key_escrow_round_trip(project: Path, tmp_path: Path,
         assert _invoke("audit", "verify", "--root", str(target)).output.startswith("audit: OK")
         again = runner.invoke(app, ["restore", str(tmp_path / "bk"), "--root", str(target)])
         assert again.exit_code == 1  # never over existing data
+
+
+def test_send_refuses_bad_target_and_reports_unreachable_peer(tmp_path: Path) -> None:
+    import socket
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "hl7" / "orm-o01-ct-head.hl7"
+    bad = runner.invoke(app, ["send", str(sample), "--to", "localhost"])
+    assert bad.exit_code == 1 and "--to must be host:port" in bad.output
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = runner.invoke(app, ["send", str(sample), "--to", f"127.0.0.1:{port}", "--timeout", "2"])
+    assert down.exit_code == 1 and down.output.startswith("radbridge: error:")
+    assert not phi.leaks_in_bytes(down.output.encode())
+    empty = tmp_path / "empty.hl7"
+    empty.write_bytes(b"not hl7 at all\r")
+    assert runner.invoke(app, ["send", str(empty), "--to", f"127.0.0.1:{port}"]).exit_code == 1

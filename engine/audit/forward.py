@@ -514,7 +514,8 @@ class AuditForwarder:
                     continue
                 except Exception as exc:  # the store unavailable, say: keep trying, never take the engine down
                     self.last_error = f"{type(exc).__name__}"
-                    log.exception("audit forward: unexpected error; retrying in %.1fs", backoff)
+                    # The type only, as everywhere: no traceback text in the logs.
+                    log.error("audit forward: unexpected %s; retrying in %.1fs", type(exc).__name__, backoff)
                     await self._disconnect()
                     await self._pause(backoff, stop, None)
                     backoff = min(backoff * 2, self.backoff_max)

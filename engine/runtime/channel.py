@@ -9,7 +9,6 @@ gets `unavailable`, so the sender keeps it and retries.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from engine.runtime.dedup import RecentMessages
 
 log = logging.getLogger("radbridge.channel")
 
-# Turns a decoded message into the bytes each destination receives, or raises a PermanentError
-# carrying `.code` (HL7 table 0357) and `.problem()`. Returns (body, search indexes, topic per record).
+# Turns a decoded message into what destinations receive (body) and the identifiers to index, or
+# raises Refused / Invalid (or another PermanentError carrying `.code` from HL7 table 0357).
 Transform = Callable[[Inbound], "Transformed"]
 
 
@@ -187,8 +186,3 @@ def _problem_of(exc: Exception) -> Problem:
         sequence=getattr(exc, "sequence", None),
         field=getattr(exc, "field", None),
     )
-
-
-def records_body(records: list[dict[str, Any]]) -> bytes:
-    """Canonical records as the body destinations receive: one JSON object per line, keys sorted."""
-    return b"".join(json.dumps(r, sort_keys=True, separators=(",", ":"), default=str).encode() + b"\n" for r in records)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, bindparam, func, select, update
+from sqlalchemy import Engine, and_, bindparam, select, update
 
 from engine.core.clock import utcnow
 from engine.store.tables import Delivery, Message
@@ -59,14 +59,6 @@ class Queues:
         with self.engine.connect() as conn:
             row = conn.execute(_HEAD, {"channel": channel, "destination": destination}).first()
         return Due(row.message_id, row.attempts, row.next_attempt_at) if row else None
-
-    def depth(self) -> dict[tuple[str, str, str], int]:
-        """Counts per (channel, destination, status), for dashboards and `channels status`."""
-        query = select(_deliveries.c.channel, _deliveries.c.destination, _deliveries.c.status, func.count()).group_by(
-            _deliveries.c.channel, _deliveries.c.destination, _deliveries.c.status
-        )
-        with self.engine.connect() as conn:
-            return {(c, d, s): n for c, d, s, n in conn.execute(query)}
 
     def overall(self, message_id: str, pending: dict[str, str]) -> str:
         """The message's state once `pending` (destination -> new status) is applied."""
