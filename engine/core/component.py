@@ -97,6 +97,15 @@ class Topics(Protocol):
     async def publish(self, topic: str, inbound: Inbound) -> list[Outcome]: ...
 
 
+class StateStore(Protocol):
+    """A source's own small durable state (a feed position, an MPPS step), sealed at rest and kept
+    per channel: it survives a restart. Values are bytes; a source encodes its own."""
+
+    def get(self, name: str) -> bytes | None: ...
+
+    async def put(self, name: str, value: bytes) -> None: ...
+
+
 @dataclass(frozen=True)
 class ComponentContext:
     channel: str
@@ -104,3 +113,7 @@ class ComponentContext:
     audit: AuditHook
     site_tz: tzinfo
     topics: Topics | None = None
+    state: StateStore | None = None
+    # How many instances of a study (by Study Instance UID) the engine holds; blocking, a quick
+    # indexed query. Lets a notification source decide whether to retrieve a study from the PACS.
+    held_instances: Callable[[str], int] | None = None

@@ -6,7 +6,9 @@ import hmac
 
 # The identifier kinds the engine indexes; the kind is part of the MAC so equal values of
 # different kinds (an MRN that equals an accession) do not collide.
-KINDS = frozenset({"accession", "mrn", "study_uid", "control_id", "patient"})
+KINDS = frozenset(
+    {"accession", "mrn", "study_uid", "control_id", "patient", "series_uid", "sop_uid", "placer", "filler", "mpps_uid"}
+)
 
 
 class BlindIndex:

@@ -153,4 +153,108 @@ class Lease(SQLModel, table=True):
     expires_at: datetime
 
 
+class SourceState(SQLModel, table=True):
+    """A source's durable position or step (engine.store.state), sealed under a data key of its own."""
+
+    __tablename__ = "source_state"
+    __table_args__ = (_NO_ROWID,)
+
+    name: str = Field(primary_key=True, max_length=200, description="channel/name")
+    record_id: str = Field(max_length=36, description="data_keys row the value is sealed under")
+    sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    updated_at: datetime
+
+
+class Study(SQLModel, table=True):
+    """A study (or series, per channel) being assembled and correlated. Identifiers are blind
+    indexes; the patient facts live sealed in the header part of the instance `header_message`."""
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_study_uid", "study_uid_idx"),
+        _sparse("ix_studies_stable_due", "stable_due"),
+        _sparse("ix_studies_wait_due", "wait_due"),
+        _NO_ROWID,
+    )
+
+    key: str = Field(primary_key=True, max_length=64, description="blind index of the grouping UID")
+    id: str = Field(max_length=36, unique=True, description="the study's record id, shown to operators")
+    channel: str = Field(max_length=128)
+    study_uid_idx: str = Field(max_length=64)
+    state: str = Field(max_length=16, description="receiving stable waiting ready held dropped cancelled")
+    reason: str | None = Field(default=None, max_length=64, description="why held/dropped: a code, never PHI")
+    instances: int = Field(default=0, description="instances counted at the last quiet period")
+    first_at: datetime
+    last_at: datetime
+    stable_due: datetime | None = Field(default=None, description="end of the quiet period; NULL once swept")
+    wait_due: datetime | None = Field(default=None, description="when an unmatched study stops waiting")
+    header_message: str = Field(max_length=36, description="instance message whose header part is used")
+    content_hash: str | None = Field(default=None, max_length=64, description="SOP instance set, last quiet")
+    triggered_hash: str | None = Field(default=None, max_length=64, description="content study.ready went out for")
+    version: int = Field(default=0, description="bumped by every change: writers guard on it")
+    updated_at: datetime
+
+
+class Instance(SQLModel, table=True):
+    __tablename__ = "instances"
+    __table_args__ = (_NO_ROWID,)
+
+    study_key: str = Field(primary_key=True, max_length=64)
+    sop_idx: str = Field(primary_key=True, max_length=64)
+    series_idx: str = Field(max_length=64)
+    message_id: str = Field(max_length=36, description="the stored instance (sealed Part 10 bytes)")
+    sop_class: str = Field(max_length=64)
+    modality: str = Field(max_length=16)
+    body_part: str = Field(max_length=64)
+    transfer_syntax: str = Field(max_length=64)
+    sha256: str = Field(max_length=64, description="of the Part 10 bytes, checked when read back")
+    size: int
+    received_at: datetime
+
+
+class StudyKey(SQLModel, table=True):
+    """Correlation keys a study carries (several accessions, placer/filler numbers), as blind indexes."""
+
+    __tablename__ = "study_keys"
+    __table_args__ = (Index("ix_study_keys_study", "study_key"), _NO_ROWID)
+
+    kind: str = Field(primary_key=True, max_length=16)
+    idx: str = Field(primary_key=True, max_length=64)
+    study_key: str = Field(primary_key=True, max_length=64)
+
+
+class Order(SQLModel, table=True):
+    """One order (an ORC/OBR or IPC group) in the correlation registry; its record is the sealed
+    content of `message_id`, the latest order event."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_mrn", "mrn_idx"),
+        Index("ix_orders_study", "study_key"),
+        _sparse("ix_orders_expires", "expires_at"),
+        _NO_ROWID,
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    key: str = Field(max_length=64, unique=True, description="blind index of the order's identity")
+    state: str = Field(max_length=16, description="waiting matched ready held cancelled expired")
+    priority: str = Field(max_length=16)
+    mrn_idx: str = Field(max_length=64, description="patient id (with issuer) as a blind index")
+    study_key: str | None = Field(default=None, max_length=64)
+    message_id: str = Field(max_length=36)
+    expires_at: datetime | None = None
+    version: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderKey(SQLModel, table=True):
+    __tablename__ = "order_keys"
+    __table_args__ = (Index("ix_order_keys_order", "order_id"), _NO_ROWID)
+
+    kind: str = Field(primary_key=True, max_length=16)
+    idx: str = Field(primary_key=True, max_length=64)
+    order_id: str = Field(primary_key=True, max_length=36)
+
+
 metadata = SQLModel.metadata
