@@ -51,6 +51,8 @@ ACTIONS: dict[str, EventCodes] = {
     "message.duplicate": EventCodes(IMPORT, None, "E"),
     "message.truncated": EventCodes(IMPORT, None, "E"),
     "message.oversize": EventCodes(IMPORT, None, "E"),
+    # a sender turned away before anything was read or stored (bad credentials, address not allowed)
+    "webhook.refused": EventCodes(SECURITY_ALERT, None, "E"),
     # a delivery attempt reads the stored message and sends it out
     "message.sent": EventCodes(EXPORT, None, "R"),
     "message.send_failed": EventCodes(EXPORT, None, "R"),
@@ -67,6 +69,30 @@ ACTIONS: dict[str, EventCodes] = {
     "retention.purged": EventCodes(PATIENT_RECORD, None, "D"),
     "keys.rotated": EventCodes(SECURITY_ALERT, None, "U"),
     "keys.retired": EventCodes(SECURITY_ALERT, None, "U"),
+    # the engine turned away by a PACS (HTTP 401/403, association rejected), or a PACS feed gone backwards
+    "pacs.unauthorized": EventCodes(SECURITY_ALERT, None, "E"),
+    "pacs.rejected": EventCodes(SECURITY_ALERT, None, "E"),
+    "pacs.feed_reset": EventCodes(APPLICATION_ACTIVITY, None, "E"),
+    # correlation: the order registry and study state (patient records created or updated)
+    "order.registered": EventCodes(PATIENT_RECORD, None, "C"),
+    "order.updated": EventCodes(PATIENT_RECORD, None, "U"),
+    "order.cancelled": EventCodes(PATIENT_RECORD, None, "U"),
+    "order.expired": EventCodes(PATIENT_RECORD, None, "U"),
+    "order.rekeyed": EventCodes(PATIENT_RECORD, None, "U"),
+    "order.ignored": EventCodes(PATIENT_RECORD, None, "E"),
+    "study.stable": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.waiting": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.ready": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.linked": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.updated": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.cancelled": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.held": EventCodes(PATIENT_RECORD, None, "U"),
+    "study.dropped": EventCodes(PATIENT_RECORD, None, "D"),
+    "study.late_ignored": EventCodes(PATIENT_RECORD, None, "E"),
+    "study.notified": EventCodes(PATIENT_RECORD, None, "E"),
+    "study.viewed": EventCodes(PATIENT_RECORD, None, "R"),
+    "study.released": EventCodes(PATIENT_RECORD, None, "U"),
+    "correlation.mismatch": EventCodes(SECURITY_ALERT, None, "E"),
 }
 # Actions added later still export sensibly: by their prefix, else as application activity.
 PREFIXES: dict[str, EventCodes] = {

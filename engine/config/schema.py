@@ -238,6 +238,21 @@ class DestinationRef(Strict):
         return _split_options(data, ("name", "kind", "retry", "body"))
 
 
+class StudyAssemblyConfig(Strict):
+    group_by: Literal["study", "series"] = Field(
+        "study", description="Assemble instances by Study Instance UID (default) or by Series Instance UID."
+    )
+    quiet_s: float = Field(
+        30, gt=0, description="A study is stable after this many seconds without a new instance (study.stable)."
+    )
+    late_series: Literal["retrigger", "ignore"] = Field(
+        "retrigger",
+        description="New instances after a study went out as study.ready: 'retrigger' sends study.ready again for "
+        "the new content once it is quiet; 'ignore' records them and emits nothing. The same set of SOP "
+        "instances never triggers twice.",
+    )
+
+
 class ChannelConfig(Strict):
     name: str = Field(pattern=SLUG, description="Unique channel name (lowercase letters, digits, . _ -).")
     description: str = Field("", description="Free text for people reading the channel list.")
@@ -245,6 +260,11 @@ class ChannelConfig(Strict):
     source: ComponentRef = Field(description="Where messages come from: `kind` plus that source's keys.")
     filter: ComponentRef | None = Field(None, description="Optional stage deciding which messages go on.")
     mapping: RelPath | None = Field(None, description="Mapping file applied to each message, relative to the root.")
+    study: StudyAssemblyConfig | None = Field(
+        None,
+        description="For DICOM channels: assemble the instances received into studies, which become stable "
+        "after a quiet period and go to correlation. Needs a source that delivers DICOM instances.",
+    )
     destinations: list[DestinationRef] = Field(
         default_factory=list, description="Where messages go: each a `name`, a `kind` and that kind's keys."
     )

@@ -36,6 +36,8 @@ class InstanceHeader:
     body_part: str = ""
     accessions: tuple[str, ...] = ()  # (0008,0050) and RequestAttributesSequence accessions, in order
     accession_issuer: str = ""
+    placer_number: str = ""  # (0040,2016), top level or in RequestAttributesSequence
+    filler_number: str = ""  # (0040,2017)
     patient_id: str = ""
     patient_id_issuer: str = ""
     patient_name: str = ""
@@ -99,8 +101,11 @@ def read_header(raw: bytes) -> InstanceHeader:
     if missing:
         raise DicomHeaderError("missing " + ", ".join(missing))
     accessions = [_text(ds, "AccessionNumber")]
+    placer, filler = _text(ds, "PlacerOrderNumberImagingServiceRequest"), _text(ds, "FillerOrderNumberImagingServiceRequest")
     for item in ds.get("RequestAttributesSequence") or ():
         accessions.append(_text(item, "AccessionNumber"))
+        placer = placer or _text(item, "PlacerOrderNumberImagingServiceRequest")
+        filler = filler or _text(item, "FillerOrderNumberImagingServiceRequest")
     charset = ds.get("SpecificCharacterSet") or ()
     return InstanceHeader(
         sop_class_uid=sop_class,
@@ -114,6 +119,8 @@ def read_header(raw: bytes) -> InstanceHeader:
         body_part=_text(ds, "BodyPartExamined").upper(),
         accessions=tuple(dict.fromkeys(a for a in accessions if a)),
         accession_issuer=_issuer(ds, "IssuerOfAccessionNumberSequence"),
+        placer_number=placer,
+        filler_number=filler,
         patient_id=_text(ds, "PatientID"),
         patient_id_issuer=_text(ds, "IssuerOfPatientID"),
         patient_name=_text(ds, "PatientName"),

@@ -23,6 +23,7 @@ from engine.hl7v2.ack import new_ack_control_id
 from engine.hl7v2.validate import validate_structure
 from engine.runtime.context import Context
 from engine.runtime.dedup import RecentMessages
+from engine.store.writer import WriteItem
 
 log = logging.getLogger("radbridge.channel")
 
@@ -35,6 +36,9 @@ Transform = Callable[[Inbound], "Transformed"]
 class Transformed:
     body: bytes
     indexes: dict[str, str] = field(default_factory=dict)  # blind-index kind -> value (still clear here)
+    # Rows a stage keeps beside the message (study assembly), committed in the message's own
+    # transaction: called with the new message id once the message is known to be stored.
+    writes: Callable[[str], WriteItem] | None = None
 
 
 class Refused(PermanentError):
@@ -99,6 +103,8 @@ class Channel:
             error=problem.text if problem else None, content_mac=content_mac,
             parts={"transformed": transformed.body} if transformed is not None else None,
         )  # fmt: skip
+        if transformed is not None and transformed.writes is not None and status in ("queued", "transformed"):
+            item.extend(transformed.writes(message_id))
         detail: dict[str, Any] = {"channel": self.name, "status": status, "type": inbound.type}
         if problem:
             detail["problem"] = problem.text

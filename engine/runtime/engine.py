@@ -18,7 +18,9 @@ from engine.runtime.dedup import RecentMessages
 from engine.runtime.delivery import DeliveryWorker
 from engine.runtime.topics import TopicBus
 from engine.runtime.transforms import build_transform
+from engine.correlation.assembly import held_instances
 from engine.store.leases import Leases, holder_id
+from engine.store.state import ChannelState
 
 log = logging.getLogger("radbridge.engine")
 
@@ -50,6 +52,8 @@ class Engine:
             audit=audit,
             site_tz=ZoneInfo(self.ctx.project.engine.site.timezone),
             topics=self.topics,
+            state=ChannelState(self.ctx.db, self.ctx.writer, self.ctx.vault, channel),
+            held_instances=held_instances(self.ctx.db, self.ctx.index),
         )
 
     def build(self, loaded: LoadedChannel, project: Project) -> Running:
@@ -62,7 +66,7 @@ class Engine:
             workers.append(
                 DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body, self.leases)
             )
-        transform = build_transform(loaded, project)
+        transform = build_transform(loaded, project, self.ctx.index, self.ctx.db.dialect.name)
         source = registry.build("source", loaded.source_kind, loaded.source, cctx)
         channel = Channel(
             name=cfg.name,
@@ -76,7 +80,16 @@ class Engine:
             dedup_window=timedelta(seconds=cfg.dedup_window_s),
             on_queued=lambda: [w.wake() for w in workers] and None,
         )
+        bind = getattr(source, "bind", None)
+        if bind is not None:  # a built-in stage (correlation) works on the store itself
+            bind(self.ctx, channel.destinations, channel.on_queued, self.leases, self._late_series)
         return Running(loaded, channel, source, workers)
+
+    def _late_series(self, channel: str) -> str:
+        for loaded in self.ctx.project.channels:
+            if loaded.config.name == channel and loaded.config.study is not None:
+                return loaded.config.study.late_series
+        return "retrigger"
 
     async def start_channel(self, loaded: LoadedChannel, project: Project) -> Running:
         running = self.build(loaded, project)

@@ -2,20 +2,50 @@
 
 from __future__ import annotations
 
+import json
 from zoneinfo import ZoneInfo
 
 from engine.config import LoadedChannel, Project
-from engine.core.component import Inbound
+from engine.config.schema import StudyAssemblyConfig
+from engine.core.component import Inbound, Problem
+from engine.correlation.assembly import assembly_writes
+from engine.dicom import InstanceHeader
 from engine.mapping import MappingError, MappingRefused, Record, load_mapping
 from engine.runtime.channel import Invalid, Refused, Transform, Transformed
+from engine.security.blind_index import BlindIndex
 
 # Record fields searchable by blind index, and the index kind each one goes to.
 INDEXED = {"accession": "accession", "patient_id": "mrn", "study_uid": "study_uid"}
 
 
-def build_transform(loaded: LoadedChannel, project: Project) -> Transform | None:
+def study_transform(config: StudyAssemblyConfig, index: BlindIndex, dialect: str, channel: str) -> Transform:
+    """DICOM instances -> their header (kept sealed as the `transformed` part) and the rows that
+    add them to their study."""
+
+    def transform(inbound: Inbound) -> Transformed:
+        header = inbound.decoded
+        if not isinstance(header, InstanceHeader):
+            raise Refused(Problem(f"channel {channel} assembles studies and takes DICOM instances only", code=200))
+        body = json.dumps(header.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        indexes = {"study_uid": header.study_uid}
+        if header.accession:
+            indexes["accession"] = header.accession
+        if header.patient_id:
+            indexes["mrn"] = header.patient_id
+        return Transformed(body, indexes, writes=assembly_writes(header, config, index, dialect, channel))
+
+    return transform
+
+
+def build_transform(
+    loaded: LoadedChannel, project: Project, index: BlindIndex | None = None, dialect: str = "sqlite"
+) -> Transform | None:
     """The channel's transform, or None without a mapping. Compiles the mapping now, so a bad
     mapping fails at load (ConfigInvalid with positions), never on the first message."""
+    if loaded.config.study is not None:
+        if index is None:
+            raise ValueError("study assembly needs the blind index")
+        return study_transform(loaded.config.study, index, dialect, loaded.config.name)
     if loaded.config.mapping is None:
         return None
     compiled = load_mapping(project.root / loaded.config.mapping, project.root)

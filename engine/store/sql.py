@@ -89,3 +89,12 @@ class Compiled:
         plan = self._plan((statement,), build, lambda name: compiled_holder["c"].binds[name].type)
         cursor.execute(plan.sql, self._params(plan, params))
         return cursor
+
+
+def upsert_insert(dialect: str, table: Table) -> Any:
+    """INSERT ... ON CONFLICT for the store's two dialects (both speak the same clause)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)

@@ -41,12 +41,20 @@ class WriteItem:
     inserts: list[tuple[Table, dict[str, Any]]] = field(default_factory=list)
     statements: list[tuple[Executable, dict[str, Any]]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    # Optimistic concurrency: statements that must change exactly one row (an UPDATE ... WHERE
+    # version = :seen), run after `statements`; otherwise the item fails with StaleWrite, untouched.
+    guards: list[tuple[Executable, dict[str, Any]]] = field(default_factory=list)
 
     def extend(self, other: WriteItem) -> WriteItem:
         self.inserts += other.inserts
         self.statements += other.statements
         self.audit += other.audit
+        self.guards += other.guards
         return self
+
+
+class StaleWrite(Exception):
+    """A guarded row changed since it was read: re-read and decide again."""
 
 
 Waiter = Future[None] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
@@ -231,6 +239,9 @@ class GroupWriter:
             for item in items:
                 for statement, params in item.statements:
                     self._sql.execute(cursor, statement, params)
+                for statement, params in item.guards:
+                    if self._sql.execute(cursor, statement, params).rowcount != 1:
+                        raise StaleWrite("a guarded row changed since it was read")
             if audit:
                 self._link.link(cursor, self._sql, audit)
                 self._sql.insert_many(cursor, _AUDIT, audit)

@@ -1,0 +1,289 @@
+"""Correlation through the running engine: DICOM instances into an assembling channel, orders and
+patient events on their topics, timers in the store. Every case ends in at most one study.ready,
+nothing lost, across restarts, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.core.component import Inbound
+from engine.correlation.repo import Repo
+from engine.dicom import read_header
+from engine.runtime.context import Context, open_context
+from engine.runtime.engine import Engine
+from engine.security import keyring
+from tests import phi
+from tests.conftest import write_project
+from tests.correlation.instances import instance
+
+QUIET = 0.3
+WAIT = 0.6
+STUDY = "1.2.826.0.1.3680043.10.999.1"
+
+
+def _project(root: Path, store_url: str | None, *, then: str = "proceed", late: str = "retrigger",
+             check: str = "[patient_id, issuer]") -> Path:  # fmt: skip
+    write_project(root, store_url=store_url)
+    keyring.write_file(keyring.generate(dev=False), root / "keys" / "keyring.json")
+    (root / "channels" / "images.yaml").write_text(
+        textwrap.dedent(f"""\
+        name: images
+        source: {{kind: topic, topic: test.dicom}}
+        study: {{quiet_s: {QUIET}, late_series: {late}}}
+        """)
+    )
+    (root / "channels" / "correlation.yaml").write_text(
+        textwrap.dedent(f"""\
+        name: correlation
+        source:
+          kind: correlation
+          sweep_s: 0.05
+          patient_check: {check}
+          unmatched_study: {{wait_s: {WAIT}, then: {then}}}
+          order_timeout_s: 3600
+        destinations:
+          - {{name: events, kind: topic, retry: {{backoff_s: 0.05}}}}
+        """)
+    )
+    (root / "channels" / "watch.yaml").write_text("name: watch\nsource: {kind: topic, topic: 'study.*'}\n")
+    return root
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ctx: Context | None = None
+        self.engine: Engine | None = None
+
+    async def start(self) -> None:
+        self.ctx = open_context(self.root)
+        self.engine = Engine(self.ctx)
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.ctx is not None:
+            self.ctx.close()
+        self.engine = self.ctx = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def image(self, n: int, *, study: str = STUDY, series: int = 1, **kw: str) -> None:
+        raw = instance(study, f"{study}.{series}", f"{study}.{series}.{n}", **kw)
+        header = read_header(raw)
+        assert self.engine is not None
+        outcomes = await self.engine.topics.publish(
+            "test.dicom", Inbound(raw=raw, kind="dicom", peer="test", decoded=header, dedup=header.sop_instance_uid)
+        )
+        assert [o.status for o in outcomes] in (["accepted"], ["duplicate"])
+
+    async def order(self, event: str = "accepted", accession: str = phi.ACCESSION, **fields: str) -> None:
+        body = {"event": event, "accession": accession, "patient_id": phi.MRN, "patient_id_issuer": "GENHOSP",
+                "priority": "stat", "procedure_code": "CTHEAD", **fields}  # fmt: skip
+        await self.record("order", f"order.{event}", body)
+
+    async def record(self, type_: str, topic: str, fields: dict[str, str]) -> None:
+        raw = json.dumps({"fields": fields, "topic": topic, "type": type_}, sort_keys=True).encode()
+        assert self.engine is not None
+        outcomes = await self.engine.topics.publish(
+            topic, Inbound(raw=raw, kind="record", peer="test", decoded=json.loads(raw), dedup=raw.hex()[:40])
+        )
+        assert [o.status for o in outcomes] == ["accepted"] or [o.status for o in outcomes] == ["duplicate"]
+
+    def emitted(self, topic: str = "study.ready") -> list[dict]:
+        assert self.ctx is not None
+        out = []
+        for view in self.ctx.messages.list(channel="correlation", limit=500):
+            if view.kind == f"record {topic}":
+                out.append(json.loads(self.ctx.messages.read(view.id))["fields"])
+        return out
+
+    def delivered(self, topic: str = "study.ready") -> int:
+        assert self.ctx is not None
+        return sum(1 for v in self.ctx.messages.list(channel="watch", limit=500) if v.kind.startswith("record"))
+
+    def study(self) -> object:
+        assert self.ctx is not None
+        [row] = Repo(self.ctx.db).studies()
+        return row
+
+    async def until(self, check: Callable[[], bool], timeout: float = 8.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not check():
+            assert loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(tmp_path: Path, store_url: str | None, request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    options = getattr(request, "param", {})
+    w = World(_project(tmp_path / "p", store_url, **options))
+    await w.start()
+    yield w
+    await w.stop()
+
+
+async def test_order_then_images_gives_one_ready_with_routing_facts(world: World) -> None:
+    await world.order()
+    for n in range(3):
+        await world.image(n)
+    await world.until(lambda: len(world.emitted()) == 1)
+    [ready] = world.emitted()
+    assert ready["instances"] == 3 and ready["modality"] == "CT" and ready["priority"] == "stat"
+    assert ready["procedure_code"] == "CTHEAD" and ready["matched"] and not ready["partial"]
+    assert ready["orders"][0]["accession"] == phi.ACCESSION
+    await asyncio.sleep(QUIET * 2)
+    assert len(world.emitted()) == 1
+    assert world.study().state == "ready"
+
+
+async def test_images_then_order(world: World) -> None:
+    for n in range(2):
+        await world.image(n)
+    await world.until(lambda: world.study().state == "waiting")
+    assert world.emitted() == []
+    await world.order()
+    await world.until(lambda: len(world.emitted()) == 1)
+    assert world.emitted()[0]["trigger"] == "order"
+    await asyncio.sleep(WAIT * 1.5)
+    assert len(world.emitted()) == 1
+
+
+@pytest.mark.parametrize("world", [{"then": "hold"}], indirect=True)
+async def test_unmatched_study_is_held_by_policy(world: World) -> None:
+    await world.image(1)
+    await world.until(lambda: world.study().state == "held")
+    assert world.study().reason == "no-order" and world.emitted() == []
+
+
+async def test_unmatched_study_proceeds_after_wait(world: World) -> None:
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    assert world.emitted()[0]["matched"] is False
+
+
+async def test_order_cancelled_before_stability_stops_it(world: World) -> None:
+    await world.order()
+    await world.image(1)
+    await world.order("cancelled")
+    await world.until(lambda: world.study().state == "cancelled")
+    await asyncio.sleep(WAIT)
+    assert world.emitted() == []
+
+
+async def test_late_series_retriggers_once_and_duplicates_never(world: World) -> None:
+    await world.order()
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    await world.image(1)  # the same instance again: recognised, nothing new
+    await asyncio.sleep(QUIET * 2)
+    assert len(world.emitted()) == 1
+    await world.image(1, series=2)  # a late series: new content
+    await world.until(lambda: len(world.emitted()) == 2)
+    assert world.emitted()[0]["trigger"] == "late-series" and world.emitted()[0]["instances"] == 2
+
+
+@pytest.mark.parametrize("world", [{"late": "ignore"}], indirect=True)
+async def test_late_series_ignored_by_policy(world: World) -> None:
+    await world.order()
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    await world.image(1, series=2)
+    await world.until(lambda: world.study().instances == 2)
+    assert len(world.emitted()) == 1
+
+
+async def test_duplicate_notifications_and_republished_orders_are_recognised(world: World) -> None:
+    await world.order()
+    await world.order()  # the very same record again (a retried publish)
+    note = {"event": "study.stable", "study_uid": STUDY, "source": "webhook"}
+    await world.image(1)
+    for _ in range(3):
+        outcomes = await world.engine.topics.publish(  # type: ignore[union-attr]
+            "study.notified",
+            Inbound(raw=json.dumps(note).encode(), kind="record", peer="t", decoded=note, dedup="n1"),
+        )
+        assert outcomes[0].status in ("accepted", "duplicate")
+    await world.until(lambda: len(world.emitted()) == 1)
+    await asyncio.sleep(QUIET * 2)
+    assert len(world.emitted()) == 1
+
+
+async def test_patient_mismatch_holds_and_emits_nothing(world: World) -> None:
+    await world.order(patient_id="MRN-OTHER-0001")
+    await world.image(1)
+    await world.until(lambda: world.study().state == "held")
+    assert world.study().reason == "patient-mismatch"
+    await asyncio.sleep(WAIT * 1.5)
+    assert world.emitted() == []
+    with world.ctx.db.connect() as conn:  # type: ignore[union-attr]
+        actions = set(conn.exec_driver_sql("SELECT action FROM audit_log").scalars())
+    assert "correlation.mismatch" in actions
+
+
+async def test_merge_rekeys_pending_orders(world: World) -> None:
+    await world.order(patient_id="MRN-OLD-0001")
+    merge = {"event": "merged", "patient_id": phi.MRN, "prior_patient_id": "MRN-OLD-0001"}
+    await world.record("patient", "patient.merged", merge)
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    assert world.emitted()[0]["matched"] is True
+
+
+async def test_one_study_two_accessions_waits_for_both_orders(world: World) -> None:
+    await world.order(accession="ACC-A")
+    await world.image(1, accession="ACC-A", extra_accession="ACC-B")
+    await world.until(lambda: world.study().state == "waiting")
+    await world.order(accession="ACC-B")
+    await world.until(lambda: len(world.emitted()) == 1)
+    assert sorted(o["accession"] for o in world.emitted()[0]["orders"]) == ["ACC-A", "ACC-B"]
+
+
+async def test_order_change_after_ready_emits_update_not_ready(world: World) -> None:
+    await world.order()
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    await world.order("changed", priority="routine")
+    await world.until(lambda: len(world.emitted("study.updated")) == 1)
+    assert len(world.emitted()) == 1 and world.emitted("study.updated")[0]["priority"] == "routine"
+
+
+@pytest.mark.parametrize("step", ["after-order", "after-images", "while-waiting", "after-ready"])
+async def test_restart_in_the_middle_yields_exactly_one_ready(world: World, step: str) -> None:
+    if step == "while-waiting":
+        await world.image(1)
+        await world.until(lambda: world.study().state == "waiting")
+        await world.restart()
+        await world.order()
+    else:
+        await world.order()
+        if step == "after-order":
+            await world.restart()
+        await world.image(1)
+        if step == "after-images":
+            await world.restart()
+        if step == "after-ready":
+            await world.until(lambda: len(world.emitted()) == 1)
+            await world.restart()
+    await world.until(lambda: len(world.emitted()) == 1)
+    await world.until(lambda: world.delivered() >= 1)
+    await asyncio.sleep(WAIT * 1.5)
+    assert len(world.emitted()) == 1
+
+
+async def test_no_phi_in_the_store_files_after_correlation(world: World, tmp_path: Path) -> None:
+    await world.order()
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    await world.stop()
+    assert phi.leaks_in_tree(tmp_path / "p") == {}
