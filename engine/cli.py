@@ -30,7 +30,9 @@ audit_app = typer.Typer(help="The audit log: verify the chain, read recent entri
 messages_app = typer.Typer(help="Stored messages: list, show, reprocess.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+studies_app = typer.Typer(help="Studies being assembled and correlated: list, show.", no_args_is_help=True)
 app.add_typer(messages_app, name="messages")
+app.add_typer(studies_app, name="studies")
 
 ROOT = typer.Option(Path("."), "--root", "-r", help="Project folder (holds config/, channels/, mappings/).")
 T = TypeVar("T")
@@ -536,3 +538,48 @@ def messages_reprocess(
 
 if __name__ == "__main__":
     app()
+
+
+@studies_app.command("list")
+def studies_list(
+    root: Path = ROOT,
+    state: str | None = typer.Option(None, help="Only this state (receiving, waiting, ready, held, ...)."),
+    limit: int = typer.Option(50, help="At most this many, newest first."),
+) -> None:
+    """List studies: id, channel, state, instance count, times and running timers. Never PHI."""
+    from engine.correlation.repo import Repo
+    from engine.correlation.view import study_line
+
+    ctx = _context(root)
+    try:
+        found = Repo(ctx.db).studies(state=state, limit=limit)
+    finally:
+        ctx.close()
+    for study in found:
+        typer.echo(study_line(study))
+
+
+@studies_app.command("show")
+def studies_show(
+    study_id: str,
+    root: Path = ROOT,
+    phi: bool = typer.Option(False, "--phi", help="Show patient and study identifiers unmasked (audited)."),
+    reason: str = typer.Option("operations", help="Purpose of use, recorded in the audit entry."),
+) -> None:
+    """A study's state, counts, timers and matched orders; identifiers masked unless --phi."""
+    from engine.correlation.repo import Repo
+    from engine.correlation.view import describe
+
+    ctx = _context(root)
+    try:
+        repo = Repo(ctx.db)
+        study = repo.study_by_id(study_id)
+        if study is None:
+            _fail(f"no study {study_id}")
+        lines = _guard(lambda: describe(repo, ctx.messages, study, phi=phi))
+        if phi:
+            ctx.audit.record("study.viewed", actor=_actor(), purpose=reason, record_ids=[study_id])
+    finally:
+        ctx.close()
+    for line in lines:
+        typer.echo(line)

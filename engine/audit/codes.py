@@ -51,6 +51,10 @@ ACTIONS: dict[str, EventCodes] = {
     "message.duplicate": EventCodes(IMPORT, None, "E"),
     "message.truncated": EventCodes(IMPORT, None, "E"),
     "message.oversize": EventCodes(IMPORT, None, "E"),
+    # DICOM: a peer refused at association (allow-list, TLS, AE titles, load); a modality's MPPS
+    # step discontinued (received from it, nothing imported)
+    "association.refused": EventCodes(SECURITY_ALERT, None, "E"),
+    "procedure.discontinued": EventCodes(IMPORT, None, "E"),
     # a sender turned away before anything was read or stored (bad credentials, address not allowed)
     "webhook.refused": EventCodes(SECURITY_ALERT, None, "E"),
     # a delivery attempt reads the stored message and sends it out
@@ -136,14 +140,15 @@ def actor_role(actor: str, action: str) -> tuple[str, str, str]:
     kind = actor.split(":", 1)[0]
     if kind == "user":
         return ("http://terminology.hl7.org/CodeSystem/extra-security-role-type", "humanuser", "human user")
-    if kind == "peer":  # the remote system: where data came from, or where an export went
+    # the remote system (by address, certificate name or DICOM AE title): where data came from, or went
+    if kind in ("peer", "ae"):
         return (DCM, *(ROLE_DESTINATION if event_codes(action).type == EXPORT else ROLE_SOURCE))
     return (DCM, *ROLE_APPLICATION)
 
 
 def is_requestor(actor: str) -> bool:
     """Users and remote peers start what they are audited for; the engine acts on their behalf."""
-    return actor.startswith(("user:", "peer:"))
+    return actor.startswith(("user:", "peer:", "ae:"))
 
 
 def network_address(peer: str | None, actor: str) -> tuple[str, str] | None:

@@ -287,3 +287,26 @@ async def test_no_phi_in_the_store_files_after_correlation(world: World, tmp_pat
     await world.until(lambda: len(world.emitted()) == 1)
     await world.stop()
     assert phi.leaks_in_tree(tmp_path / "p") == {}
+
+
+async def test_studies_cli_masks_phi_unless_asked_and_audits(world: World) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    await world.order()
+    await world.image(1)
+    await world.until(lambda: len(world.emitted()) == 1)
+    study_id = world.study().id
+    runner = CliRunner()
+    listed = runner.invoke(app, ["studies", "list", "--root", str(world.root)])
+    assert listed.exit_code == 0 and f"{study_id} images ready instances=1" in listed.output
+    shown = runner.invoke(app, ["studies", "show", study_id, "--root", str(world.root)])
+    assert shown.exit_code == 0 and "state: ready" in shown.output and f"order " in shown.output
+    assert phi.leaks_in_bytes(shown.output.encode()) == []
+    unmasked = runner.invoke(app, ["studies", "show", study_id, "--phi", "--reason", "qa", "--root", str(world.root)])
+    assert phi.MRN in unmasked.output and phi.ACCESSION in unmasked.output
+    with world.ctx.db.connect() as conn:  # type: ignore[union-attr]
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit_log WHERE action = 'study.viewed'").scalar() == 1
+    missing = runner.invoke(app, ["studies", "show", "nope", "--root", str(world.root)])
+    assert missing.exit_code == 1 and "no study nope" in missing.output
