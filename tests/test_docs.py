@@ -54,3 +54,25 @@ def test_channel_doc_examples_lint_clean(tmp_path: Path) -> None:
         shutil.copytree(DOCS.parent / "mappings", root / "mappings", dirs_exist_ok=True)
         (root / "channels" / "example.yaml").write_text(text)
         assert [str(d) for d in lint_all([], root)] == [], text
+
+
+def test_dicom_doc_examples_lint_clean_and_commands_run(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from engine.runtime.lint import lint_all
+
+    monkeypatch.setenv("PACS_WEBHOOK_TOKEN", "a-long-enough-test-token")
+    monkeypatch.setenv("ORTHANC_PASSWORD", "test-password")
+    examples = CHANNEL_BLOCK.findall((DOCS / "dicom.md").read_text())
+    assert len(examples) == 4
+    for n, text in enumerate(examples):
+        root = write_project(tmp_path / f"p{n}")
+        (root / "channels" / "example.yaml").write_text(text)
+        assert [str(d) for d in lint_all([], root)] == [], text
+    from engine.security import keyring
+
+    root = write_project(tmp_path / "cli")
+    keyring.write_file(keyring.generate(dev=False), root / "keys" / "keyring.json")
+    commands = cli_examples("dicom.md")
+    assert [c[:2] for c in commands] == [["studies", "list"], ["studies", "list"]]
+    for args in commands:
+        result = CliRunner().invoke(app, [*args, "--root", str(root)])
+        assert result.exit_code == 0, (args, result.output)
