@@ -145,6 +145,8 @@ def make_project(root: Path, port: int) -> None:
 class EngineRun:
     sent: Sent
     peak_rss_mb: float
+    faults: int  # minor page faults of the engine process, start to end of the load
+    cpu_s: float  # its user + system CPU time, start to end of the load
     stored: int
     disk_mb: float
     leaks: dict[str, list[str]]
@@ -165,10 +167,12 @@ def run_engine(folder: Path, paths: list[Path], *, scan: bool) -> EngineRun:
             if not line or time.monotonic() > deadline:
                 raise SystemExit(f"engine did not start; see {folder / 'engine.log'}")
         pid = _engine_pid(engine)
+        faults, cpu = _stat(pid)
         sent = storescu(port, "RADBRIDGE", paths, timeout=60 + len(paths))
         peak = _status_kb(pid, "VmHWM") / 1024
+        faults_after, cpu_after = _stat(pid)
     finally:
-        os.kill(pid if "pid" in locals() else engine.pid, signal.SIGTERM)  # a profiler prefix writes on exit
+        os.kill(_engine_pid(engine), signal.SIGTERM)  # to the engine itself: a profiler prefix writes on exit
         try:
             engine.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -177,15 +181,24 @@ def run_engine(folder: Path, paths: list[Path], *, scan: bool) -> EngineRun:
     with sqlite3.connect(f"file:{folder / 'data' / 'radbridge.db'}?mode=ro", uri=True) as db:
         stored = db.execute("SELECT count(*) FROM instances").fetchone()[0]
     disk = sum(p.stat().st_size for p in (folder / "data").rglob("*") if p.is_file()) / MIB
-    return EngineRun(sent, peak, stored, disk, leaks_in_tree(folder) if scan else {})
+    return EngineRun(sent, peak, faults_after - faults, cpu_after - cpu, stored, disk, leaks_in_tree(folder) if scan else {})
 
 
 def _engine_pid(proc: subprocess.Popen[str]) -> int:
     """The engine's own process: proc itself, or its child under a BENCH_ENGINE_PREFIX such as py-spy."""
-    for pid in [*_children(proc.pid), proc.pid]:
-        if b"engine.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    raise SystemExit("engine process not found")
+    for pid in _children(proc.pid):
+        try:
+            if b"engine.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            pass
+    return proc.pid
+
+
+def _stat(pid: int) -> tuple[int, float]:
+    """(minor page faults, user + system CPU seconds) of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[7]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kb(pid: int, field: str) -> int:

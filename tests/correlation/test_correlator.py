@@ -310,3 +310,30 @@ async def test_studies_cli_masks_phi_unless_asked_and_audits(world: World) -> No
         assert conn.exec_driver_sql("SELECT count(*) FROM audit_log WHERE action = 'study.viewed'").scalar() == 1
     missing = runner.invoke(app, ["studies", "show", "nope", "--root", str(world.root)])
     assert missing.exit_code == 1 and "no study nope" in missing.output
+
+
+@pytest.mark.parametrize("case", ["cancelled", "mismatch", "late-series"])
+async def test_restart_in_the_middle_of_the_other_cases(world: World, case: str) -> None:
+    if case == "cancelled":
+        await world.order()
+        await world.image(1)
+        await world.order("cancelled")
+        await world.restart()
+        await world.until(lambda: world.study().state == "cancelled")
+        expected = 0
+    elif case == "mismatch":
+        await world.order(patient_id="MRN-OTHER-0001")
+        await world.image(1)
+        await world.restart()
+        await world.until(lambda: world.study().state == "held")
+        expected = 0
+    else:
+        await world.order()
+        await world.image(1)
+        await world.until(lambda: len(world.emitted()) == 1)
+        await world.image(1, series=2)
+        await world.restart()
+        await world.until(lambda: len(world.emitted()) == 2)
+        expected = 2
+    await asyncio.sleep(WAIT * 1.5)
+    assert len(world.emitted()) == expected
