@@ -27,16 +27,14 @@ import email.parser
 import email.policy
 import json
 import logging
-import re
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydicom.dataset import Dataset
 from pydicom import uid as ts
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, build_role, evt
@@ -49,6 +47,8 @@ from engine.core.component import ComponentContext, Delivered, Inbound, Outbound
 from engine.core.errors import ConfigError, PermanentError, RetryableError
 from engine.core.registry import register
 from engine.dicom import DicomHeaderError, part10, read_header
+from engine.connectors.dicom.retrieve_config import UID as _UID
+from engine.connectors.dicom.retrieve_config import RetrieveConfig, RetrieveTls
 from engine.security.tls import client_context
 
 log = logging.getLogger("radbridge.dicom.retrieve")
@@ -57,8 +57,6 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_AE = r"^[ -\[\]-~]{1,16}$"  # 1-16 printable ASCII characters, no backslash
 _PERMANENT = {0xA801: "move destination unknown", 0xA900: "identifier does not match SOP class"}
 _MAX_CONTEXTS = 128
 # The syntaxes that get a presentation context each (C-GET with a short sop_classes list), so the PACS
@@ -68,102 +66,6 @@ _COMMON_SYNTAXES = [
     ts.JPEGBaseline8Bit, ts.JPEGExtended12Bit, ts.JPEGLosslessSV1, ts.JPEGLSLossless, ts.JPEGLSNearLossless,
     ts.JPEG2000Lossless, ts.JPEG2000, ts.RLELossless,
 ]  # fmt: skip
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RetrieveTls(_Strict):
-    ca: str | None = Field(None, description="CA certificates (PEM) for the PACS certificate; system store if omitted.")
-    cert: str | None = Field(None, description="Our certificate (PEM), for mutual TLS.")
-    key: str | None = Field(None, description="Private key of our certificate (PEM).")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-    server_name: str | None = Field(None, description="Name the PACS certificate must carry; defaults to the host.")
-
-    @model_validator(mode="after")
-    def _pair(self) -> RetrieveTls:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("tls.cert and tls.key go together")
-        return self
-
-
-class RetrieveAuth(_Strict):
-    username: str | None = Field(None, description="User for HTTP basic authentication (with `password`).")
-    password: SecretStr | None = Field(None, description="Its password; write `${PACS_PASSWORD}`, never the value.")
-    bearer: SecretStr | None = Field(None, description="Token sent as `Authorization: Bearer <token>`: `${TOKEN}`.")
-
-    @model_validator(mode="after")
-    def _one(self) -> RetrieveAuth:
-        basic = self.username is not None or self.password is not None
-        if basic and (self.username is None or self.password is None):
-            raise ValueError("auth.username and auth.password go together")
-        if basic == (self.bearer is not None):
-            raise ValueError("auth needs either username + password or bearer")
-        return self
-
-
-class RetrieveConfig(_Strict):
-    method: Literal["c-move", "c-get", "wado-rs"] = Field(
-        description="'c-move': the PACS sends the study to move_destination; 'c-get' and 'wado-rs': we fetch it "
-        "and publish each instance on `into`."
-    )
-    host: str | None = Field(None, description="PACS host (c-move, c-get).")
-    port: int | None = Field(None, ge=1, le=65535, description="PACS DICOM port (c-move, c-get).")
-    called_ae: str | None = Field(None, pattern=_AE, description="The PACS's AE title (c-move, c-get).")
-    calling_ae: str = Field("RADBRIDGE", pattern=_AE, description="Our AE title, as the PACS knows it.")
-    move_destination: str | None = Field(
-        None, pattern=_AE, description="c-move: AE title the PACS sends the study to (our storage listener, known to "
-        "the PACS as a modality)."
-    )  # fmt: skip
-    base_url: str | None = Field(None, description="wado-rs: the DICOMweb root, e.g. https://pacs:8042/dicom-web.")
-    auth: RetrieveAuth | None = Field(None, description="wado-rs credentials: `{username, password}` or `{bearer}`.")
-    tls: RetrieveTls | None = Field(
-        None, description="c-move/c-get: DICOM over TLS (1.2+); wado-rs: how to verify an https server."
-    )
-    transfer_syntax: str = Field(
-        "*", pattern=r"^(\*|[0-9.]*)$",
-        description="wado-rs: transfer-syntax asked for in Accept; '*' = as stored (no transcoding), '' = the "
-        "server's default (Explicit VR Little Endian).",
-    )  # fmt: skip
-    sop_classes: list[str] | None = Field(
-        None, min_length=1,
-        description="c-get: storage SOP class UIDs we accept instances of; pynetdicom's 120 storage classes when "
-        "omitted. When the list is short enough, each transfer syntax gets its own presentation context so "
-        "the PACS can send every instance as stored; otherwise the PACS picks one per class (and may transcode).",
-    )  # fmt: skip
-    into: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="c-get, wado-rs: topic each instance is published to."
-    )
-    skip_if_held: bool = Field(True, description="Do nothing when the engine already holds instances of the study.")
-    connect_timeout_s: float = Field(10, gt=0, description="Give up connecting after this long.")
-    dimse_timeout_s: float = Field(60, gt=0, description="c-move, c-get: longest wait for each DIMSE response.")
-    timeout_s: float = Field(600, gt=0, description="Longest a whole retrieval may take (then retried later).")
-    max_bytes: int = Field(
-        1 << 30, ge=1024, description="wado-rs: largest answer accepted; a larger study is dead-lettered."
-    )
-
-    @model_validator(mode="after")
-    def _per_method(self) -> RetrieveConfig:
-        if self.method in ("c-move", "c-get"):
-            missing = [n for n in ("host", "port", "called_ae") if getattr(self, n) is None]
-            if self.method == "c-move" and self.move_destination is None:
-                missing.append("move_destination")
-        else:
-            missing = ["base_url"] if self.base_url is None else []
-            if self.base_url is not None:
-                parts = urlsplit(self.base_url)
-                if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
-                    raise ValueError("base_url must be an http:// or https:// URL with a host and no credentials")
-                if self.tls is not None and parts.scheme != "https":
-                    raise ValueError("tls is set but base_url is not https://")
-        if self.method != "c-move" and self.into is None:
-            missing.append("into")
-        if missing:
-            raise ValueError(f"method {self.method} needs {', '.join(missing)}")
-        if self.sop_classes and any(not _UID.fullmatch(u) for u in self.sop_classes):
-            raise ValueError("sop_classes must be UIDs such as 1.2.840.10008.5.1.4.1.1.2")
-        return self
 
 
 @dataclass
