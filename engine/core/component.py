@@ -26,6 +26,7 @@ class Inbound:
     decoded: Any = None
     dedup: str | None = None
     type: str | None = None  # e.g. "ORM^O01", for acceptance rules and the message list
+    sha256: str | None = None  # hex SHA-256 of raw, when the source already computed it
 
 
 OutcomeStatus = Literal["accepted", "duplicate", "filtered", "invalid", "refused", "unavailable"]

@@ -75,7 +75,7 @@ class Channel:
         actor = actor or f"peer:{inbound.peer}"
         flags: list[str] = []
         control_idx = ctx.index("control_id", f"{self.name}|{inbound.dedup}") if inbound.dedup else None
-        content_mac = ctx.index.content(inbound.raw)
+        content_mac = ctx.index.content(inbound.raw, inbound.sha256)
         if control_idx and self.dedup_window and reprocess_of is None:
             earlier = self.recent.get(control_idx) if self.recent is not None else None
             if earlier is None:

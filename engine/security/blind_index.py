@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 # The identifier kinds the engine indexes; the kind is part of the MAC so equal values of
@@ -17,9 +18,12 @@ class BlindIndex:
             raise ValueError("blind-index key must be at least 32 bytes")
         self._key = key
 
-    def content(self, data: bytes) -> str:
-        """A keyed hash of a whole payload, to recognise a repeat without keeping a plain hash of PHI."""
-        return hmac.digest(self._key, b"content\x00" + data, "sha256").hex()
+    def content(self, data: bytes, sha256: str | None = None) -> str:
+        """A keyed hash of a whole payload, to recognise a repeat without keeping a plain hash of PHI.
+        Keyed over the payload's SHA-256, so a source that already hashed it (a DICOM instance's
+        integrity hash) passes that in and a large payload is read once, not twice."""
+        digest = bytes.fromhex(sha256) if sha256 else hashlib.sha256(data).digest()
+        return hmac.digest(self._key, b"content-sha256\x00" + digest, "sha256").hex()
 
     def __call__(self, kind: str, value: str) -> str:
         if kind not in KINDS:

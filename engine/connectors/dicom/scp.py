@@ -402,7 +402,10 @@ class DicomSource:
             dedup: str | None = decoded.sop_instance_uid
         except DicomHeaderError as exc:
             decoded, dedup = exc, None
-        inbound = Inbound(raw=raw, kind="dicom", peer=conn.peer, decoded=decoded, dedup=dedup, type=sop_type)
+        inbound = Inbound(
+            raw=raw, kind="dicom", peer=conn.peer, decoded=decoded, dedup=dedup, type=sop_type,
+            sha256=getattr(decoded, "sha256", None),
+        )  # fmt: skip
         outcome = self.deliver(inbound, conn.id)
         status = STORE_STATUS["unavailable"] if outcome is None else STORE_STATUS[outcome.status]
         if log.isEnabledFor(logging.DEBUG):
