@@ -12,6 +12,7 @@ from engine.core.component import Inbound
 from engine.runtime.context import open_context
 from engine.runtime.engine import Engine
 from engine.store.tables import AuditRow
+from engine.runtime.delivery import POLL_S
 from tests.runtime.conftest import INBOXES, RECEIVED, SCRIPTS, running
 
 
@@ -163,7 +164,9 @@ async def test_reprocess_runs_a_dead_message_again_linked_and_audited(runtime_pr
         await _until(lambda: ctx.messages.get(outcome.message_id).status == "dead")
         [result] = await reprocess(ctx, [outcome.message_id], "user:analyst")
         assert result.status == "accepted" and result.new != outcome.message_id
-        await _until(lambda: ctx.messages.get(result.new).status == "sent")
+        # Reprocessing works from another process: the running engine's worker finds the new
+        # delivery at its next poll of the store (POLL_S), not through an in-process wake-up.
+        await _until(lambda: ctx.messages.get(result.new).status == "sent", timeout=POLL_S * 2 + 1)
         assert RECEIVED["peer"] == [raw]
         audit = AuditRow.__table__
         with ctx.db.connect() as conn:
