@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from engine.config.tls import ServerTls
+
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 
@@ -108,22 +110,12 @@ class KeysConfig(Strict):
     )
 
 
-class TlsConfig(Strict):
-    cert: str = Field(description="Server certificate chain (PEM file).")
-    key: str = Field(description="Private key of the certificate (PEM file).")
-    ca: str | None = Field(
-        None,
-        description="CA bundle (PEM) for client certificates; when set, clients must present one (mTLS).",
-    )
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
-
-
 class ListenerConfig(Strict):
     name: str = Field(pattern=SLUG, description="Name of the listener, unique in this file.")
     kind: Literal["http"] = Field("http", description="Protocol served: 'http' (REST API and web pages).")
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 or :: for every interface.")
     port: int = Field(ge=1, le=65535, description="TCP port to bind.")
-    tls: TlsConfig | None = Field(None, description="TLS settings; without them the listener speaks plain HTTP.")
+    tls: ServerTls | None = Field(None, description="TLS settings; without them the listener speaks plain HTTP.")
 
 
 class RetentionConfig(Strict):

@@ -19,13 +19,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.config.tls import ClientTls, HttpAuth
 
 from engine.core.component import ComponentContext, Inbound, Outcome, Sink
-from engine.core.errors import ConfigError
 from engine.core.registry import register
 from engine.dicom import Notification
-from engine.security.tls import client_context
+from engine.security.tls import client_context, client_context_for
 
 log = logging.getLogger("radbridge.orthanc")
 # httpx logs every request URL at INFO; ours carry only Orthanc ids, but keep the habit of never
@@ -44,43 +45,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HttpAuth(_Strict):
-    username: str | None = Field(None, description="User for HTTP basic authentication (with `password`).")
-    password: SecretStr | None = Field(None, description="Its password; write `${ORTHANC_PASSWORD}`, never the value.")
-    bearer: SecretStr | None = Field(
-        None, description="Token sent as `Authorization: Bearer <token>` instead of a user; write `${TOKEN}`."
-    )
-
-    @model_validator(mode="after")
-    def _one(self) -> HttpAuth:
-        basic = self.username is not None or self.password is not None
-        if basic and (self.username is None or self.password is None):
-            raise ValueError("auth.username and auth.password go together")
-        if basic == (self.bearer is not None):
-            raise ValueError("auth needs either username + password or bearer")
-        return self
-
-
-class HttpClientTls(_Strict):
-    ca: str | None = Field(
-        None, description="CA certificates (PEM) to verify the server with, relative to the project root; "
-        "the system store when omitted."
-    )  # fmt: skip
-    cert: str | None = Field(None, description="Client certificate (PEM) to present, for mutual TLS.")
-    key: str | None = Field(None, description="Private key of the client certificate (PEM).")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-
-    @model_validator(mode="after")
-    def _pair(self) -> HttpClientTls:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("tls.cert and tls.key go together")
-        return self
-
-
 class OrthancChangesConfig(_Strict):
     base_url: str = Field(description="Orthanc's REST root, e.g. https://pacs.example.org:8042.")
     auth: HttpAuth | None = Field(None, description="Credentials: `{username, password}` or `{bearer}`.")
-    tls: HttpClientTls | None = Field(
+    tls: ClientTls | None = Field(
         None, description="TLS settings for an https base_url (always TLS 1.2 or later; system CAs by default)."
     )
     events: list[Literal["StableStudy", "NewStudy"]] = Field(
@@ -126,16 +94,7 @@ def tls_context(config: OrthancChangesConfig, ctx: ComponentContext) -> ssl.SSLC
     """The client TLS context for an https base_url (ConfigError when its files are unusable)."""
     if not config.base_url.startswith("https://"):
         return None
-    t = config.tls or HttpClientTls()
-
-    def path(value: str | None) -> str | None:
-        return None if value is None else str(ctx.root / value)
-
-    try:
-        return client_context(path(t.ca), path(t.cert), path(t.key), t.min_version)
-    except (OSError, ssl.SSLError) as exc:
-        what = f"orthanc-changes source of {ctx.channel}"
-        raise ConfigError(f"{what}: unusable TLS files ({type(exc).__name__})") from exc
+    return client_context_for(config.tls, ctx.root, f"orthanc-changes source of {ctx.channel}")
 
 
 def http_client(config: OrthancChangesConfig, tls: ssl.SSLContext | None) -> httpx.AsyncClient:

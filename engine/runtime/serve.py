@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
-import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
 from engine import __version__
 from engine.audit.forward import AuditForwarder, forwarder_from_settings
 from engine.config import load_project
+from engine.connectors.http.asgi import Config, Server
 from engine.core.errors import ConfigError
 from engine.runtime.context import Context, record_config
 from engine.runtime.engine import Engine
-from engine.security.tls import server_context
+from engine.security.tls import server_context_for
 from engine.store.leases import Leases, holder_id
 from engine.store.retention import PurgeReport, purge, sweep_orphan_blobs
 from engine.web.app import create_app
 
 log = logging.getLogger("radbridge")
 ACTOR = "service:engine"
-
-
-class _Config(uvicorn.Config):
-    """uvicorn's own TLS setup has no minimum version: use the engine's context instead."""
-
-    def __init__(self, app: object, tls: ssl.SSLContext | None, **kwargs: object) -> None:
-        super().__init__(app, **kwargs)  # type: ignore[arg-type]
-        self._tls = tls
-
-    def load(self) -> None:
-        super().load()
-        self.ssl = self._tls
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the engine owns signal handling, not uvicorn
-        yield
 
 
 def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
@@ -129,10 +109,9 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     for listener in engine_cfg.listeners:
         tls = None
         if listener.tls:
-            t, root = listener.tls, ctx.project.root
-            tls = server_context(str(root / t.cert), str(root / t.key), t.ca and str(root / t.ca), t.min_version)
-        config = _Config(app, tls, host=listener.host, port=listener.port, log_level="warning", access_log=False)
-        servers.append((listener, _Server(config)))
+            tls = server_context_for(listener.tls, ctx.project.root, f"listener {listener.name}")
+        config = Config(app, tls, host=listener.host, port=listener.port, log_level="warning", access_log=False)
+        servers.append((listener, Server(config)))
 
     stop = asyncio.Event()
     reload_requested = asyncio.Event()

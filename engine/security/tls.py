@@ -6,6 +6,10 @@ One place builds them, so MLLP, DICOM and HTTP cannot drift apart in what they a
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+
+from engine.config.tls import ClientTls, ServerTls
+from engine.core.errors import ConfigError
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -39,3 +43,25 @@ def peer_common_name(peercert: dict | None) -> str | None:
             if name == "commonName":
                 return str(value)
     return None
+
+
+def _under(root: Path, value: str | None) -> str | None:
+    return None if value is None else str(root / value)
+
+
+def server_context_for(tls: ServerTls, root: Path, what: str) -> ssl.SSLContext:
+    """The server context a listener's settings describe; files relative to the project root.
+    ConfigError naming `what` (e.g. "mllp source of ris-orders") when the files are unusable."""
+    try:
+        return server_context(str(root / tls.cert), str(root / tls.key), _under(root, tls.ca), tls.min_version)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{what}: unusable TLS files ({type(exc).__name__})") from exc
+
+
+def client_context_for(tls: ClientTls | None, root: Path, what: str) -> ssl.SSLContext:
+    """The client context a connector's settings describe (the system CA store without settings)."""
+    tls = tls or ClientTls()
+    try:
+        return client_context(_under(root, tls.ca), _under(root, tls.cert), _under(root, tls.key), tls.min_version)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{what}: unusable TLS files ({type(exc).__name__})") from exc

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.core.component import ComponentContext
+from engine.config.tls import ServerTls, SocketClientTls
 
 Service = Literal["storage", "echo", "ian", "mpps"]
 _AE_CHARS = set(" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~")
@@ -21,46 +21,17 @@ def _ae_title(value: str) -> str:
     return stripped
 
 
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DicomServerTls(_Strict):
-    cert: str = Field(description="Server certificate chain (PEM file), relative to the project root.")
-    key: str = Field(description="Private key of the server certificate (PEM file), relative to the project root.")
-    ca: str | None = Field(
-        None,
-        description="CA certificates (PEM) that sign client certificates. When set, every calling AE must present "
-        "a certificate this CA signed (mutual TLS).",
-    )
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-
-
-class DicomClientTls(_Strict):
-    ca: str | None = Field(
-        None, description="CA certificates (PEM) to verify the called AE with; the system store when omitted."
-    )
-    cert: str | None = Field(None, description="Client certificate (PEM) to present, for mutual TLS.")
-    key: str | None = Field(None, description="Private key of the client certificate (PEM).")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-    server_name: str | None = Field(None, description="Name the server certificate must carry; defaults to `host`.")
-
-    @model_validator(mode="after")
-    def _pair(self) -> DicomClientTls:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("tls.cert and tls.key go together")
-        return self
-
-
 class AllowEntry(_Strict):
-    ae_title: str | None = Field(None, description="Calling AE title the peer must use.")
+    ae_title: AeTitle | None = Field(None, description="Calling AE title the peer must use.")
     address: str | None = Field(None, description="IP address or network (10.0.0.0/8) the peer must connect from.")
     cn: str | None = Field(None, description="Common name of the client certificate (needs tls.ca).")
-
-    @field_validator("ae_title")
-    @classmethod
-    def _title(cls, value: str | None) -> str | None:
-        return None if value is None else _ae_title(value)
 
     @field_validator("address")
     @classmethod
@@ -86,7 +57,7 @@ class AllowEntry(_Strict):
 class DicomSourceConfig(_Strict):
     host: str = Field("0.0.0.0", description="Address to listen on; 0.0.0.0 or :: for every interface.")
     port: int = Field(ge=0, le=65535, description="TCP port to listen on (0 picks a free one, for tests).")
-    ae_title: str = Field("RADBRIDGE", description="Our AE title: the called AE title peers must use.")
+    ae_title: AeTitle = Field("RADBRIDGE", description="Our AE title: the called AE title peers must use.")
     check_called_ae: bool = Field(
         True,
         description="Reject (A-ASSOCIATE-RJ, called AE title not recognised) associations addressed to another "
@@ -99,7 +70,7 @@ class DicomSourceConfig(_Strict):
         "syntax, kept as received), 'echo' (C-ECHO), 'ian' (Instance Availability Notification N-CREATE), "
         "'mpps' (Modality Performed Procedure Step N-CREATE / N-SET).",
     )
-    tls: DicomServerTls | None = Field(None, description="Serve DICOM over TLS (1.2 or later); plain TCP when omitted.")
+    tls: ServerTls | None = Field(None, description="Serve DICOM over TLS (1.2 or later); plain TCP when omitted.")
     allow: list[AllowEntry] | None = Field(
         None,
         description="Peers allowed to associate. A peer must match one entry in every field that entry gives "
@@ -129,11 +100,6 @@ class DicomSourceConfig(_Strict):
         "retrieval publishes), as if they had arrived by C-STORE.",
     )
 
-    @field_validator("ae_title")
-    @classmethod
-    def _title(cls, value: str) -> str:
-        return _ae_title(value)
-
     @field_validator("services")
     @classmethod
     def _unique(cls, value: list[Service]) -> list[Service]:
@@ -157,9 +123,9 @@ class DicomSourceConfig(_Strict):
 class DicomDestinationConfig(_Strict):
     host: str = Field(description="Host name or address of the Storage SCP (PACS, AI node).")
     port: int = Field(ge=1, le=65535, description="Its DICOM port.")
-    called_ae: str = Field(description="AE title of the Storage SCP.")
-    calling_ae: str = Field("RADBRIDGE", description="Our AE title, as the peer knows us.")
-    tls: DicomClientTls | None = Field(None, description="Associate over TLS (1.2 or later); plain TCP when omitted.")
+    called_ae: AeTitle = Field(description="AE title of the Storage SCP.")
+    calling_ae: AeTitle = Field("RADBRIDGE", description="Our AE title, as the peer knows us.")
+    tls: SocketClientTls | None = Field(None, description="Associate over TLS (1.2 or later); plain TCP when omitted.")
     max_pdu: int = Field(262144, ge=4096, le=1 << 26, description="Largest PDU we receive (bytes).")
     connect_timeout_s: float = Field(10, gt=0, description="Give up connecting after this long (retried later).")
     acse_timeout_s: float = Field(30, gt=0, description="Longest wait for the association to be accepted.")
@@ -172,12 +138,3 @@ class DicomDestinationConfig(_Strict):
         description="A C-STORE failure status other than 0xA7xx (out of resources, always retried), or the peer "
         "accepting no presentation context for the instance: 'dead' dead-letters it, 'retry' retries later.",
     )
-
-    @field_validator("called_ae", "calling_ae")
-    @classmethod
-    def _title(cls, value: str) -> str:
-        return _ae_title(value)
-
-
-def _path(ctx: ComponentContext, value: str | None) -> str | None:
-    return None if value is None else str(ctx.root / value)

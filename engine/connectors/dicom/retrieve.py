@@ -48,8 +48,8 @@ from engine.core.errors import ConfigError, PermanentError, RetryableError
 from engine.core.registry import register
 from engine.dicom import DicomHeaderError, part10, read_header
 from engine.connectors.dicom.retrieve_config import UID as _UID
-from engine.connectors.dicom.retrieve_config import RetrieveConfig, RetrieveTls
-from engine.security.tls import client_context
+from engine.connectors.dicom.retrieve_config import RetrieveConfig
+from engine.security.tls import client_context, client_context_for
 
 log = logging.getLogger("radbridge.dicom.retrieve")
 # pynetdicom logs request identifiers (the Study UID) at INFO, httpx every URL (WADO-RS URLs hold it).
@@ -111,13 +111,7 @@ class RetrieveDestination:
         self.config, self.ctx = config, ctx
         self._tls: ssl.SSLContext | None = None
         if config.tls is not None or (config.base_url or "").startswith("https://"):
-            t = config.tls or RetrieveTls()
-            path = [None if p is None else str(ctx.root / p) for p in (t.ca, t.cert, t.key)]
-            try:
-                self._tls = client_context(path[0], path[1], path[2], t.min_version)
-            except (OSError, ssl.SSLError) as exc:
-                what = f"dicom-retrieve of {ctx.channel}"
-                raise ConfigError(f"{what}: unusable TLS files ({type(exc).__name__})") from exc
+            self._tls = client_context_for(config.tls, ctx.root, f"dicom-retrieve of {ctx.channel}")
         if config.method == "wado-rs":
             assert config.base_url is not None
             parts = urlsplit(config.base_url)

@@ -6,43 +6,16 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.config.tls import HttpAuth, SocketClientTls
+from engine.connectors.dicom.config import AeTitle
 
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-_AE = r"^[ -\[\]-~]{1,16}$"  # 1-16 printable ASCII characters, no backslash
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class RetrieveTls(_Strict):
-    ca: str | None = Field(None, description="CA certificates (PEM) for the PACS certificate; system store if omitted.")
-    cert: str | None = Field(None, description="Our certificate (PEM), for mutual TLS.")
-    key: str | None = Field(None, description="Private key of our certificate (PEM).")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-    server_name: str | None = Field(None, description="Name the PACS certificate must carry; defaults to the host.")
-
-    @model_validator(mode="after")
-    def _pair(self) -> RetrieveTls:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("tls.cert and tls.key go together")
-        return self
-
-
-class RetrieveAuth(_Strict):
-    username: str | None = Field(None, description="User for HTTP basic authentication (with `password`).")
-    password: SecretStr | None = Field(None, description="Its password; write `${PACS_PASSWORD}`, never the value.")
-    bearer: SecretStr | None = Field(None, description="Token sent as `Authorization: Bearer <token>`: `${TOKEN}`.")
-
-    @model_validator(mode="after")
-    def _one(self) -> RetrieveAuth:
-        basic = self.username is not None or self.password is not None
-        if basic and (self.username is None or self.password is None):
-            raise ValueError("auth.username and auth.password go together")
-        if basic == (self.bearer is not None):
-            raise ValueError("auth needs either username + password or bearer")
-        return self
 
 
 class RetrieveConfig(_Strict):
@@ -52,15 +25,15 @@ class RetrieveConfig(_Strict):
     )
     host: str | None = Field(None, description="PACS host (c-move, c-get).")
     port: int | None = Field(None, ge=1, le=65535, description="PACS DICOM port (c-move, c-get).")
-    called_ae: str | None = Field(None, pattern=_AE, description="The PACS's AE title (c-move, c-get).")
-    calling_ae: str = Field("RADBRIDGE", pattern=_AE, description="Our AE title, as the PACS knows it.")
-    move_destination: str | None = Field(
-        None, pattern=_AE, description="c-move: AE title the PACS sends the study to (our storage listener, known to "
+    called_ae: AeTitle | None = Field(None, description="The PACS's AE title (c-move, c-get).")
+    calling_ae: AeTitle = Field("RADBRIDGE", description="Our AE title, as the PACS knows it.")
+    move_destination: AeTitle | None = Field(
+        None, description="c-move: AE title the PACS sends the study to (our storage listener, known to "
         "the PACS as a modality)."
     )  # fmt: skip
     base_url: str | None = Field(None, description="wado-rs: the DICOMweb root, e.g. https://pacs:8042/dicom-web.")
-    auth: RetrieveAuth | None = Field(None, description="wado-rs credentials: `{username, password}` or `{bearer}`.")
-    tls: RetrieveTls | None = Field(
+    auth: HttpAuth | None = Field(None, description="wado-rs credentials: `{username, password}` or `{bearer}`.")
+    tls: SocketClientTls | None = Field(
         None, description="c-move/c-get: DICOM over TLS (1.2+); wado-rs: how to verify an https server."
     )
     transfer_syntax: str = Field(

@@ -8,7 +8,7 @@ TCP_NODELAY is set on every accepted socket in _Server.get_request, the accept h
 AssociationServer (ApplicationEntity.make_server lets us choose the server class), before any byte
 or TLS handshake goes over it.
 
-TLS. The context comes from engine.security.tls.server_context and is given to pynetdicom's server,
+TLS. The context comes from engine.security.tls.server_context_for and is given to pynetdicom's server,
 but the handshake runs in the connection's own thread (_Handler.handle), bounded by acse_timeout_s:
 pynetdicom's own get_request would run it inside the accept loop, where one client that never says
 hello stalls every other connection and a failed handshake vanishes unaudited.
@@ -46,14 +46,14 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import InstanceAvailabilityNotification, ModalityPerformedProcedureStep, Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from engine.connectors.dicom.config import DicomSourceConfig, _path
+from engine.connectors.dicom.config import DicomSourceConfig
 from engine.connectors.dicom.notify import NotificationScp
 from engine.connectors.dicom.wire import PduGuard, dataset_problem, nodelay
 from engine.core.component import ComponentContext, Inbound, Outcome, Sink
 from engine.core.errors import ConfigError
 from engine.core.registry import register
 from engine.dicom import DicomHeaderError, part10, read_header
-from engine.security.tls import peer_common_name, server_context
+from engine.security.tls import peer_common_name, server_context_for
 
 log = logging.getLogger("radbridge.dicom")
 _STOP_GRACE_S = 10.0
@@ -145,12 +145,7 @@ class DicomSource:
         self.config, self.ctx = config, ctx
         self._tls: ssl.SSLContext | None = None
         if config.tls is not None:
-            t = config.tls
-            try:
-                cert, key = _path(ctx, t.cert), _path(ctx, t.key)
-                self._tls = server_context(cert, key, _path(ctx, t.ca), t.min_version)  # type: ignore[arg-type]
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"dicom source of {ctx.channel}: unusable TLS files ({type(exc).__name__})") from exc
+            self._tls = server_context_for(config.tls, ctx.root, f"dicom source of {ctx.channel}")
         self._allow = [(e, e.network()) for e in config.allow or ()]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sink: Sink | None = None

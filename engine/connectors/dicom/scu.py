@@ -22,12 +22,12 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.status import code_to_category
 
-from engine.connectors.dicom.config import DicomDestinationConfig, _path
+from engine.connectors.dicom.config import DicomDestinationConfig
 from engine.connectors.dicom.wire import c_store_raw, nodelay, split_part10
 from engine.core.component import ComponentContext, Delivered, Outbound
-from engine.core.errors import ConfigError, PermanentError, RetryableError
+from engine.core.errors import PermanentError, RetryableError
 from engine.core.registry import register
-from engine.security.tls import client_context
+from engine.security.tls import client_context_for
 
 log = logging.getLogger("radbridge.dicom")
 _MAX_CONTEXTS = 128  # PS3.8: presentation context ids are odd numbers 1-255
@@ -50,13 +50,8 @@ class DicomDestination:
         self.config, self.ctx = config, ctx
         self._tls_args: tuple[ssl.SSLContext, str] | None = None
         if config.tls is not None:
-            t = config.tls
-            try:
-                context = client_context(_path(ctx, t.ca), _path(ctx, t.cert), _path(ctx, t.key), t.min_version)
-            except (OSError, ssl.SSLError) as exc:
-                what = f"dicom destination of {ctx.channel}"
-                raise ConfigError(f"{what}: unusable TLS files ({type(exc).__name__})") from exc
-            self._tls_args = (context, t.server_name or config.host)
+            context = client_context_for(config.tls, ctx.root, f"dicom destination of {ctx.channel}")
+            self._tls_args = (context, config.tls.server_name or config.host)
         self._assoc: Association | None = None
         self._proposed: list[tuple[str, str]] = []
         self._lock = asyncio.Lock()  # one send at a time ...

@@ -47,7 +47,7 @@ dedup=sha256 of that JSON, type=event). Logs and audit entries carry peers, size
 and reasons; never tokens, signatures, bodies or identifiers from them.
 """
 
-from engine.connectors.http.config import WebhookAuth, WebhookHmac, WebhookServerTls, WebhookSourceConfig
+from engine.connectors.http.config import WebhookAuth, WebhookHmac, WebhookSourceConfig
 from engine.connectors.http.payload import PayloadError, parse
 from engine.connectors.http.webhook import WebhookSource
 
@@ -55,7 +55,6 @@ __all__ = [
     "PayloadError",
     "WebhookAuth",
     "WebhookHmac",
-    "WebhookServerTls",
     "WebhookSource",
     "WebhookSourceConfig",
     "parse",

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from engine.config.tls import ServerTls
+
 # RFC 9110 token: what an HTTP header name may be made of.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 MIN_SECRET = 16
@@ -22,17 +24,6 @@ def _long_enough(value: SecretStr | None) -> SecretStr | None:
 class _Strict(BaseModel):
     # Inputs never appear in validation errors: auth values are resolved `${SECRET}` references.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-
-class WebhookServerTls(_Strict):
-    cert: str = Field(description="Server certificate chain (PEM file), relative to the project root.")
-    key: str = Field(description="Private key of the server certificate (PEM file), relative to the project root.")
-    ca: str | None = Field(
-        None,
-        description="CA certificates (PEM) that sign client certificates. When set, every client must present "
-        "a certificate this CA signed (mutual TLS).",
-    )
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
 
 
 class WebhookHmac(_Strict):
@@ -93,7 +84,7 @@ class WebhookSourceConfig(_Strict):
     host: str = Field("0.0.0.0", description="Address to listen on; 0.0.0.0 or :: for every interface.")
     port: int = Field(ge=0, le=65535, description="TCP port to listen on (0 picks a free one, for tests).")
     path: str = Field("/notify", pattern=r"^/[A-Za-z0-9._~/-]*$", description="URL path notifications are POSTed to.")
-    tls: WebhookServerTls | None = Field(None, description="Serve HTTPS (TLS 1.2 or later); plain HTTP when omitted.")
+    tls: ServerTls | None = Field(None, description="Serve HTTPS (TLS 1.2 or later); plain HTTP when omitted.")
     auth: WebhookAuth = Field(
         description="How senders prove who they are: `{bearer: ${TOKEN}}` or `{hmac: {secret: ${SECRET}}}`. "
         "`none` is accepted only when `host` is a loopback address (127.0.0.1, ::1), for a sender on the "

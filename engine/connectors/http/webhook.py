@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -11,22 +10,20 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
+from engine.connectors.http.asgi import Config, Server
 from engine.connectors.http.config import WebhookSourceConfig, allow_network
 from engine.connectors.http.payload import PayloadError, parse
 from engine.core.component import ComponentContext, Inbound, Outcome, Sink
-from engine.core.errors import ConfigError
 from engine.core.registry import register
-from engine.security.tls import server_context
+from engine.security.tls import server_context_for
 
 log = logging.getLogger("radbridge.webhook")
 _START_TIMEOUT_S = 10.0
@@ -42,25 +39,6 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None, **e
     body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status, "detail": detail}
     body.update({k: v for k, v in extra.items() if v is not None})
     return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
-
-
-class _Config(uvicorn.Config):
-    """uvicorn's own TLS options have no version floor: serve with the engine's context instead
-    (set after load(); `ssl_context_factory` would do the same but needs uvicorn 0.47)."""
-
-    def __init__(self, app: Any, tls: ssl.SSLContext | None, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._tls = tls
-
-    def load(self) -> None:
-        super().load()
-        self.ssl = self._tls
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # the engine owns SIGINT/SIGTERM, not this listener
-        yield
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -101,15 +79,7 @@ class WebhookSource:
         self.ctx = ctx
         self._tls: ssl.SSLContext | None = None
         if config.tls is not None:
-            t, root = config.tls, ctx.root
-            try:
-                self._tls = server_context(
-                    str(root / t.cert), str(root / t.key), str(root / t.ca) if t.ca else None, t.min_version
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(
-                    f"webhook source of {ctx.channel}: unusable TLS files ({type(exc).__name__})"
-                ) from exc
+            self._tls = server_context_for(config.tls, ctx.root, f"webhook source of {ctx.channel}")
         auth = config.auth
         # Only a digest of the token is kept and compared: equal lengths, constant time.
         self._token = hashlib.sha256(auth.bearer.get_secret_value().encode()).digest() if auth.bearer else None
@@ -140,13 +110,13 @@ class WebhookSource:
         cfg = self.config
         sock = _bind(cfg.host, cfg.port)
         self.port = sock.getsockname()[1]
-        config = _Config(
+        config = Config(
             self._app, self._tls, host=cfg.host, port=self.port, http="h11", ws="none", lifespan="off",
             interface="asgi3", log_config=None, access_log=False, server_header=False,
             proxy_headers=False,  # X-Forwarded-For must not let a sender pick the address the allow-list sees
             limit_concurrency=cfg.max_connections, timeout_graceful_shutdown=_STOP_GRACE_S,
         )  # fmt: skip
-        self._server = _Server(config)
+        self._server = Server(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):

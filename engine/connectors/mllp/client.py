@@ -11,13 +11,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from engine.connectors.mllp.config import MllpDestinationConfig, _path
+from engine.connectors.mllp.config import MllpDestinationConfig
 from engine.core.component import ComponentContext, Delivered, Outbound
-from engine.core.errors import ConfigError, PermanentError, RetryableError
+from engine.core.errors import PermanentError, RetryableError
 from engine.core.registry import register
 from engine.hl7v2 import Hl7ParseError, Message, sniff_control_id
 from engine.hl7v2.mllp import FrameTooLarge, MllpDecoder, encode
-from engine.security.tls import client_context
+from engine.security.tls import client_context_for
 
 log = logging.getLogger("radbridge.mllp")
 _READ_CHUNK = 65536
@@ -134,13 +134,8 @@ class MllpDestination:
         self._tls: ssl.SSLContext | None = None
         self._server_name: str | None = None
         if config.tls is not None:
-            t = config.tls
-            try:
-                self._tls = client_context(_path(ctx, t.ca), _path(ctx, t.cert), _path(ctx, t.key), t.min_version)
-            except (OSError, ssl.SSLError) as exc:
-                what = f"mllp destination of {ctx.channel}"
-                raise ConfigError(f"{what}: unusable TLS files ({type(exc).__name__})") from exc
-            self._server_name = t.server_name
+            self._tls = client_context_for(config.tls, ctx.root, f"mllp destination of {ctx.channel}")
+            self._server_name = config.tls.server_name
         self._writer: asyncio.StreamWriter | None = None
         self._frames: _FrameReader | None = None
         self._lock = asyncio.Lock()

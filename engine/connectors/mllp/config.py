@@ -7,40 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.core.component import ComponentContext
+from engine.config.tls import ServerTls, SocketClientTls
 
 # --- configuration -----------------------------------------------------------------------------
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class MllpServerTls(_Strict):
-    cert: str = Field(description="Server certificate chain (PEM file), relative to the project root.")
-    key: str = Field(description="Private key of the server certificate (PEM file), relative to the project root.")
-    ca: str | None = Field(
-        None,
-        description="CA certificates (PEM) that sign client certificates. When set, every client must present "
-        "a certificate this CA signed (mutual TLS).",
-    )
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-
-
-class MllpClientTls(_Strict):
-    ca: str | None = Field(
-        None, description="CA certificates (PEM) to verify the server with; the system store when omitted."
-    )
-    cert: str | None = Field(None, description="Client certificate (PEM) to present, for mutual TLS.")
-    key: str | None = Field(None, description="Private key of the client certificate (PEM).")
-    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted: '1.2' or '1.3'.")
-    server_name: str | None = Field(None, description="Name the server certificate must carry; defaults to `host`.")
-
-    @model_validator(mode="after")
-    def _pair(self) -> MllpClientTls:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("tls.cert and tls.key go together")
-        return self
 
 
 def _allow_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -53,7 +26,7 @@ def _allow_entry(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | 
 class MllpSourceConfig(_Strict):
     host: str = Field("0.0.0.0", description="Address to listen on; 0.0.0.0 or :: for every interface.")
     port: int = Field(ge=0, le=65535, description="TCP port to listen on (0 picks a free one, for tests).")
-    tls: MllpServerTls | None = Field(None, description="Serve MLLP over TLS (1.2 or later); plain TCP when omitted.")
+    tls: ServerTls | None = Field(None, description="Serve MLLP over TLS (1.2 or later); plain TCP when omitted.")
     allow: list[str] | None = Field(
         None,
         description="Peers allowed to connect: IP addresses or networks (10.0.0.0/8) and/or client certificate "
@@ -112,7 +85,7 @@ class MllpSourceConfig(_Strict):
 class MllpDestinationConfig(_Strict):
     host: str = Field(description="Host name or address of the receiving system.")
     port: int = Field(ge=1, le=65535, description="Its MLLP port.")
-    tls: MllpClientTls | None = Field(None, description="Connect with TLS (1.2 or later); plain TCP when omitted.")
+    tls: SocketClientTls | None = Field(None, description="Connect with TLS (1.2 or later); plain TCP when omitted.")
     connect_timeout_s: float = Field(10, gt=0, description="Give up connecting after this long (retried later).")
     ack_timeout_s: float = Field(30, gt=0, description="Wait this long for the ACK of each message.")
     keep_alive: bool = Field(
@@ -127,7 +100,3 @@ class MllpDestinationConfig(_Strict):
     on_timeout: Literal["retry", "dead"] = Field(
         "retry", description="No ACK within ack_timeout_s: 'retry' (default) or 'dead'."
     )
-
-
-def _path(ctx: ComponentContext, value: str | None) -> str | None:
-    return None if value is None else str(ctx.root / value)

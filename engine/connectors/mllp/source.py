@@ -14,14 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from engine.connectors.mllp.client import _close, _nodelay
-from engine.connectors.mllp.config import MllpSourceConfig, _allow_entry, _path
+from engine.connectors.mllp.config import MllpSourceConfig, _allow_entry
 from engine.core.component import ComponentContext, Inbound, Outcome, Problem, Sink
-from engine.core.errors import ConfigError
 from engine.core.registry import register
 from engine.hl7v2 import AckError, Hl7ParseError, Message, build_ack, sniff_control_id
 from engine.hl7v2.ack import new_ack_control_id
 from engine.hl7v2.mllp import FrameTooLarge, MllpDecoder, encode
-from engine.security.tls import peer_common_name, server_context
+from engine.security.tls import peer_common_name, server_context_for
 
 log = logging.getLogger("radbridge.mllp")
 _READ_CHUNK = 65536
@@ -101,11 +100,7 @@ class MllpSource:
         self.ctx = ctx
         self._tls: ssl.SSLContext | None = None
         if config.tls is not None:
-            t = config.tls
-            try:
-                self._tls = server_context(_path(ctx, t.cert), _path(ctx, t.key), _path(ctx, t.ca), t.min_version)  # type: ignore[arg-type]
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"mllp source of {ctx.channel}: unusable TLS files ({type(exc).__name__})") from exc
+            self._tls = server_context_for(config.tls, ctx.root, f"mllp source of {ctx.channel}")
         allow = config.allow or []
         self._networks = [n for n in map(_allow_entry, allow) if n is not None]
         self._names = frozenset(a for a in allow if _allow_entry(a) is None)

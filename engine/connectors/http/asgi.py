@@ -1,0 +1,29 @@
+"""Serving an ASGI app inside the engine's event loop (the webhook source, the engine's own API)."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+
+class Config(uvicorn.Config):
+    """uvicorn's own TLS options have no version floor: serve with the engine's context instead
+    (set after load(); `ssl_context_factory` would do the same but needs uvicorn 0.47)."""
+
+    def __init__(self, app: Any, tls: ssl.SSLContext | None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._tls = tls
+
+    def load(self) -> None:
+        super().load()
+        self.ssl = self._tls
+
+
+class Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the engine owns SIGINT/SIGTERM, not uvicorn
+        yield
