@@ -13,7 +13,7 @@ import pytest
 
 from engine.core.component import Outcome
 from engine.core.errors import PermanentError, RetryableError
-from tests.connectors.test_dicom_source import TOOLS_ENV, WAIT, Rec, destination, no_phi_in_logs, outbound, running
+from tests.connectors.test_dicom_source import TOOLS_ENV, WAIT, Recorder, destination, no_phi_in_logs, outbound, running
 from tests.dicomdata import COMPRESSED, KB, dataset_part, make_instance, part10_bytes
 
 __all__ = ["no_phi_in_logs"]  # the autouse fixture: every log line of these tests is free of fake PHI
@@ -156,7 +156,7 @@ async def test_not_a_dicom_instance_is_permanent() -> None:
 
 
 async def test_no_response_within_dimse_timeout_is_retryable_and_reassociates() -> None:
-    rec = Rec()
+    rec = Recorder()
     rec.delay = 2.0
     body = part10_bytes(make_instance(pixel_bytes=4 * KB))
     async with running(rec, sink_timeout_s=5) as source:
@@ -170,7 +170,7 @@ async def test_no_response_within_dimse_timeout_is_retryable_and_reassociates() 
 
 
 async def test_peer_abort_mid_send_fails_fast() -> None:
-    rec = Rec(Outcome("accepted"))
+    rec = Recorder(Outcome("accepted"))
     body = part10_bytes(make_instance(pixel_bytes=512 * KB))
     async with running(rec, max_instance_bytes=64 * KB, max_pdu=16384) as source:
         dest = destination(source.port, dimse_timeout_s=30)
@@ -186,7 +186,7 @@ async def test_peer_abort_mid_send_fails_fast() -> None:
 async def test_peer_failure_status_follows_on_failure() -> None:
     body = part10_bytes(make_instance(pixel_bytes=4 * KB))
     for policy, error in (("dead", PermanentError), ("retry", RetryableError)):
-        rec = Rec(Outcome("refused"))
+        rec = Recorder(Outcome("refused"))
         async with running(rec) as source:
             dest = destination(source.port, on_failure=policy)
             with pytest.raises(error, match=r"C-STORE 0x0124 \(Failure\) for message m1"):

@@ -23,7 +23,7 @@ from engine.security import keyring
 from engine.store.state import ChannelState
 from tests import phi
 from tests.conftest import write_project
-from tests.connectors.test_dicom_source import MemoryState, Rec, context, no_phi_in_logs, running
+from tests.connectors.test_dicom_source import MemoryState, Recorder, context, no_phi_in_logs, running
 
 __all__ = ["no_phi_in_logs"]  # the autouse fixture: every log line of these tests is free of fake PHI
 MPPS = ModalityPerformedProcedureStep
@@ -110,7 +110,7 @@ def status(result: Any) -> int:
 
 
 async def test_ian_becomes_an_instances_available_notification() -> None:
-    rec = Rec()
+    rec = Recorder()
     study, instances, ian_uid = generate_uid(), [generate_uid(), generate_uid()], generate_uid()
     async with running(rec, services=["ian"]) as source:
         result = await call(source, IAN, lambda a: a.send_n_create(ian(study, instances), IAN, ian_uid))
@@ -124,7 +124,7 @@ async def test_ian_becomes_an_instances_available_notification() -> None:
 
 
 async def test_ian_without_an_instance_uid_gets_one() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, services=["ian"]) as source:
         result = await call(source, IAN, lambda a: a.send_n_create(ian(generate_uid(), []), IAN, None))
     assert status(result) == 0x0000
@@ -135,14 +135,14 @@ async def test_ian_without_an_instance_uid_gets_one() -> None:
     "outcome, expected", [("duplicate", 0x0000), ("invalid", 0x0110), ("refused", 0x0124), ("unavailable", 0x0213)]
 )
 async def test_ian_outcomes_map_to_statuses(outcome: str, expected: int) -> None:
-    rec = Rec(Outcome(outcome))  # type: ignore[arg-type]
+    rec = Recorder(Outcome(outcome))  # type: ignore[arg-type]
     async with running(rec, services=["ian"]) as source:
         result = await call(source, IAN, lambda a: a.send_n_create(ian(generate_uid(), []), IAN, generate_uid()))
     assert status(result) == expected
 
 
 async def test_ian_without_study_uid_is_refused_and_not_emitted() -> None:
-    rec = Rec()
+    rec = Recorder()
     bad = ian(generate_uid(), [])
     del bad.StudyInstanceUID
     async with running(rec, services=["ian"]) as source:
@@ -151,7 +151,7 @@ async def test_ian_without_study_uid_is_refused_and_not_emitted() -> None:
 
 
 async def test_ian_sink_timeout_is_a_resource_limitation() -> None:
-    rec = Rec()
+    rec = Recorder()
     rec.delay = 2.0
     async with running(rec, services=["ian"], sink_timeout_s=0.3) as source:
         result = await call(source, IAN, lambda a: a.send_n_create(ian(generate_uid(), []), IAN, generate_uid()))
@@ -162,7 +162,7 @@ async def test_ian_sink_timeout_is_a_resource_limitation() -> None:
 
 
 async def test_mpps_completed_survives_a_restart_and_emits_procedure_completed() -> None:
-    rec, state = Rec(), MemoryState()
+    rec, state = Recorder(), MemoryState()
     ctx = context(rec, state=state)
     study, uid, images = generate_uid(), generate_uid(), [generate_uid(), generate_uid()]
     async with running(rec, ctx=ctx, services=["mpps"]) as source:
@@ -183,7 +183,7 @@ async def test_mpps_completed_survives_a_restart_and_emits_procedure_completed()
 
 
 async def test_mpps_discontinued_is_audited_only() -> None:
-    rec, state = Rec(), MemoryState()
+    rec, state = Recorder(), MemoryState()
     uid = generate_uid()
     async with running(rec, ctx=context(rec, state=state), services=["mpps"]) as source:
         await call(source, MPPS, lambda a: a.send_n_create(mpps_create(generate_uid()), MPPS, uid))
@@ -195,7 +195,7 @@ async def test_mpps_discontinued_is_audited_only() -> None:
 
 
 async def test_mpps_statuses_for_bad_input() -> None:
-    rec, state = Rec(), MemoryState()
+    rec, state = Recorder(), MemoryState()
     uid = generate_uid()
     no_study = mpps_create(generate_uid())
     del no_study.ScheduledStepAttributesSequence[0].StudyInstanceUID
@@ -217,7 +217,7 @@ async def test_mpps_statuses_for_bad_input() -> None:
 
 
 async def test_mpps_completed_not_stored_stays_open_for_the_retry() -> None:
-    rec, state = Rec(Outcome("unavailable")), MemoryState()
+    rec, state = Recorder(Outcome("unavailable")), MemoryState()
     uid = generate_uid()
     async with running(rec, ctx=context(rec, state=state), services=["mpps"]) as source:
         await call(source, MPPS, lambda a: a.send_n_create(mpps_create(generate_uid()), MPPS, uid))
@@ -233,7 +233,7 @@ async def test_mpps_state_store_failure_is_a_resource_limitation() -> None:
         async def put(self, name: str, value: bytes) -> None:
             raise OSError("disk full")
 
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, ctx=context(rec, state=Broken()), services=["mpps"]) as source:
         create = mpps_create(generate_uid())
         result = await call(source, MPPS, lambda a: a.send_n_create(create, MPPS, generate_uid()))
@@ -246,7 +246,7 @@ async def test_mpps_state_in_the_real_sealed_store(tmp_path: Path) -> None:
     app = open_context(root)
     try:
         state = ChannelState(app.db, app.writer, app.vault, "pacs")
-        rec = Rec()
+        rec = Recorder()
         uid, study = generate_uid(), generate_uid()
         steps = [lambda a: a.send_n_create(mpps_create(study), MPPS, uid),
                  lambda a: a.send_n_set(mpps_set("COMPLETED"), MPPS, uid)]  # fmt: skip

@@ -10,9 +10,8 @@ import io
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,8 @@ from engine.core.errors import ConfigError, PermanentError, RetryableError
 from engine.dicom import DicomHeaderError
 from engine.runtime.topics import TopicBus
 from tests import phi
+from tests.connectors.fakes import MemoryState, Recorder
+from tests.connectors.fakes import context as fake_context
 from tests.dicomdata import (
     COMPRESSED,
     KB,
@@ -56,55 +57,13 @@ TOOLS_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk leaves Nagle on otherwis
 # --- helpers shared by the DICOM connector tests ------------------------------------------------
 
 
-class Rec:
-    """A sink returning chosen Outcomes (fixed, computed, or slow) and an audit hook."""
 
-    def __init__(self, outcome: Outcome | Callable[[Inbound], Outcome] = Outcome("accepted", "m1")) -> None:
-        self.outcome = outcome
-        self.delay = 0.0
-        self.inbounds: list[Inbound] = []
-        self.audits: list[tuple[str, dict[str, Any]]] = []
-
-    async def sink(self, inbound: Inbound) -> Outcome:
-        self.inbounds.append(inbound)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return self.outcome(inbound) if callable(self.outcome) else self.outcome
-
-    async def audit(self, action: str, **fields: Any) -> None:
-        self.audits.append((action, fields))
-
-    def actions(self) -> list[str]:
-        return [a for a, _ in self.audits]
-
-    async def wait_audit(self, action: str, timeout: float = WAIT) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for a, fields in self.audits:
-                    if a == action:
-                        return fields
-                await asyncio.sleep(0.01)
-
-
-class MemoryState:
-    """The StateStore protocol in memory (survives a source restart, not a process restart)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    def get(self, name: str) -> bytes | None:
-        return self.values.get(name)
-
-    async def put(self, name: str, value: bytes) -> None:
-        self.values[name] = value
-
-
-def context(rec: Rec, root: Path = Path("/"), **extra: Any) -> ComponentContext:
-    return ComponentContext(channel="pacs", root=root, audit=rec.audit, site_tz=UTC, **extra)
+def context(rec: Recorder, root: Path = Path("/"), **extra: Any) -> ComponentContext:
+    return fake_context(rec, root, channel="pacs", **extra)
 
 
 @asynccontextmanager
-async def running(rec: Rec, root: Path = Path("/"), ctx: ComponentContext | None = None,
+async def running(rec: Recorder, root: Path = Path("/"), ctx: ComponentContext | None = None,
                   **options: Any) -> AsyncIterator[DicomSource]:  # fmt: skip
     config = DicomSource.Config.model_validate({"host": "127.0.0.1", "port": 0, **options})
     source = DicomSource(config, ctx or context(rec, root))
@@ -129,11 +88,11 @@ async def tool(*args: str | Path, timeout: float = WAIT) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-def destination(port: int, root: Path = Path("/"), rec: Rec | None = None, **options: Any) -> DicomDestination:
+def destination(port: int, root: Path = Path("/"), rec: Recorder | None = None, **options: Any) -> DicomDestination:
     config = DicomDestination.Config.model_validate(
         {"host": "127.0.0.1", "port": port, "called_ae": "RADBRIDGE", "calling_ae": "MODALITY", **options}
     )
-    return DicomDestination(config, context(rec or Rec(), root))
+    return DicomDestination(config, context(rec or Recorder(), root))
 
 
 def outbound(body: bytes, message_id: str = "m1") -> Outbound:
@@ -152,7 +111,7 @@ def no_phi_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 async def test_storescu_study_arrives_byte_identical(tmp_path: Path) -> None:
-    rec = Rec()
+    rec = Recorder()
     study = write_study(tmp_path, 4, pixel_bytes=512 * KB)
     async with running(rec) as source:
         code, out = await tool("storescu", "-aet", "CT01", "-aec", "RADBRIDGE", "127.0.0.1", source.port, *study.paths)
@@ -174,7 +133,7 @@ async def test_storescu_study_arrives_byte_identical(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("charset, name", [("ISO_IR 100", LATIN1_NAME), ("ISO_IR 192", UTF8_NAME)])
 async def test_non_ascii_names_decoded_per_specific_character_set(tmp_path: Path, charset: str, name: str) -> None:
-    rec = Rec()
+    rec = Recorder()
     path = write_instance(tmp_path, make_instance(charset=charset, pixel_bytes=4 * KB))
     async with running(rec) as source:
         code, out = await tool("storescu", "-aec", "RADBRIDGE", "127.0.0.1", source.port, path)
@@ -187,14 +146,14 @@ async def test_non_ascii_names_decoded_per_specific_character_set(tmp_path: Path
 
 
 async def test_echoscu() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec) as source:
         code, out = await tool("echoscu", "-aec", "RADBRIDGE", "127.0.0.1", source.port)
     assert code == 0, out
 
 
 async def test_echo_not_served_when_not_configured() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, services=["storage"]) as source:
         code, _ = await tool("echoscu", "-aec", "RADBRIDGE", "127.0.0.1", source.port)
     assert code != 0
@@ -202,7 +161,7 @@ async def test_echo_not_served_when_not_configured() -> None:
 
 @pytest.mark.parametrize("codec, option", [("jpeg", "-xy"), ("j2k", "-xv"), ("rle", "-xr")])
 async def test_compressed_instances_accepted_as_is(tmp_path: Path, codec: str, option: str) -> None:
-    rec = Rec()
+    rec = Recorder()
     ds = make_instance(transfer_syntax=COMPRESSED[codec], pixel_bytes=64 * KB)
     path = write_instance(tmp_path, ds)
     async with running(rec) as source:
@@ -214,7 +173,7 @@ async def test_compressed_instances_accepted_as_is(tmp_path: Path, codec: str, o
 
 
 async def test_truncated_dataset_fails_audited_and_never_reaches_the_sink(tmp_path: Path) -> None:
-    rec = Rec()
+    rec = Recorder()
     truncated = write_truncated(tmp_path, pixel_bytes=64 * KB).read_bytes()
     async with running(rec) as source:
         dest = destination(source.port)
@@ -229,7 +188,7 @@ async def test_truncated_dataset_fails_audited_and_never_reaches_the_sink(tmp_pa
 
 
 async def test_deflated_instance_accepted_as_is_and_truncated_one_refused() -> None:
-    rec = Rec()
+    rec = Recorder()
     ds = make_instance(pixel_bytes=16 * KB, transfer_syntax=DeflatedExplicitVRLittleEndian, undefined_lengths=True)
     body = part10_bytes(ds)
     async with running(rec) as source:
@@ -277,7 +236,7 @@ def test_dataset_structure_check_bad_inputs() -> None:
 
 
 async def test_unreadable_header_goes_to_the_sink_as_an_error(tmp_path: Path) -> None:
-    rec = Rec(lambda i: Outcome("invalid", "m9") if isinstance(i.decoded, Exception) else Outcome("accepted"))
+    rec = Recorder(lambda i: Outcome("invalid", "m9") if isinstance(i.decoded, Exception) else Outcome("accepted"))
     body = part10_bytes(make_instance(pixel_bytes=4 * KB, omit=("StudyInstanceUID",)))
     async with running(rec) as source:
         dest = destination(source.port, on_failure="dead")
@@ -300,7 +259,7 @@ async def test_unreadable_header_goes_to_the_sink_as_an_error(tmp_path: Path) ->
     ],
 )
 async def test_outcomes_map_to_c_store_statuses(status: str, expected: str, error: type[Exception] | None) -> None:
-    rec = Rec(Outcome(status, "m1"))  # type: ignore[arg-type]
+    rec = Recorder(Outcome(status, "m1"))  # type: ignore[arg-type]
     body = part10_bytes(make_instance(pixel_bytes=4 * KB))
     async with running(rec) as source:
         dest = destination(source.port)
@@ -313,7 +272,7 @@ async def test_outcomes_map_to_c_store_statuses(status: str, expected: str, erro
 
 
 async def test_unavailable_makes_storescu_fail(tmp_path: Path) -> None:
-    rec = Rec(Outcome("unavailable"))
+    rec = Recorder(Outcome("unavailable"))
     path = write_instance(tmp_path, make_instance(pixel_bytes=4 * KB))
     async with running(rec) as source:
         code, out = await tool("storescu", "-v", "-aec", "RADBRIDGE", "127.0.0.1", source.port, path)
@@ -325,7 +284,7 @@ async def test_sink_failure_or_timeout_is_out_of_resources(failure: str) -> None
     def broken(inbound: Inbound) -> Outcome:
         raise RuntimeError("store down")
 
-    rec = Rec(broken if failure == "raises" else Outcome("accepted"))
+    rec = Recorder(broken if failure == "raises" else Outcome("accepted"))
     rec.delay = 2.0 if failure == "slow" else 0.0
     async with running(rec, sink_timeout_s=0.3) as source:
         dest = destination(source.port)
@@ -335,7 +294,7 @@ async def test_sink_failure_or_timeout_is_out_of_resources(failure: str) -> None
 
 
 async def test_instance_over_max_instance_bytes_aborts_and_is_audited(tmp_path: Path) -> None:
-    rec = Rec()
+    rec = Recorder()
     big = write_instance(tmp_path, make_instance(pixel_bytes=512 * KB), "big.dcm")
     small = write_instance(tmp_path, make_instance(pixel_bytes=8 * KB), "small.dcm")
     async with running(rec, max_instance_bytes=64 * KB, max_pdu=16384) as source:
@@ -351,7 +310,7 @@ async def test_instance_over_max_instance_bytes_aborts_and_is_audited(tmp_path: 
 
 
 async def test_pdu_over_the_limit_is_refused_before_it_is_read() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, max_pdu=16384, acse_timeout_s=1) as source:
         with socket.create_connection(("127.0.0.1", source.port), timeout=WAIT) as sock:
             sock.sendall(struct.pack(">BBL", 0x01, 0, 64 << 20) + b"\x00" * 1024)  # says 64 MiB are coming
@@ -362,7 +321,7 @@ async def test_pdu_over_the_limit_is_refused_before_it_is_read() -> None:
 
 
 async def test_association_ending_mid_instance_is_audited() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec) as source:
 
         def half_an_instance() -> None:
@@ -383,7 +342,7 @@ async def test_association_ending_mid_instance_is_audited() -> None:
 
 
 async def test_tcp_nodelay_on_accepted_sockets() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec) as source:
 
         def check() -> int:
@@ -405,7 +364,7 @@ async def test_tcp_nodelay_on_accepted_sockets() -> None:
 
 
 async def test_unknown_calling_ae_is_rejected_and_audited() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, allow=[{"ae_title": "CT01"}, {"ae_title": "MR01", "address": "10.0.0.0/8"}]) as source:
         ok, out = await tool("echoscu", "-aet", "CT01", "-aec", "RADBRIDGE", "127.0.0.1", source.port)
         assert ok == 0, out
@@ -418,7 +377,7 @@ async def test_unknown_calling_ae_is_rejected_and_audited() -> None:
 
 
 async def test_wrong_called_ae_is_rejected_and_audited() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec) as source:
         code, out = await tool("echoscu", "-aet", "CT01", "-aec", "PACS", "127.0.0.1", source.port)
         fields = await rec.wait_audit("association.refused")
@@ -431,7 +390,7 @@ async def test_wrong_called_ae_is_rejected_and_audited() -> None:
 
 
 async def test_address_not_allowed_is_closed_at_once_and_audited() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, allow=[{"address": "10.0.0.0/8"}]) as source:
         code, out = await tool("echoscu", "-aec", "RADBRIDGE", "127.0.0.1", source.port)
         fields = await rec.wait_audit("association.refused")
@@ -440,7 +399,7 @@ async def test_address_not_allowed_is_closed_at_once_and_audited() -> None:
 
 
 async def test_too_many_associations_are_rejected_transiently() -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, max_associations=1) as source:
 
         def hold() -> Any:
@@ -460,7 +419,7 @@ async def test_too_many_associations_are_rejected_transiently() -> None:
 
 
 async def test_stop_aborts_idle_associations_quickly() -> None:
-    rec = Rec()
+    rec = Recorder()
     config = DicomSource.Config.model_validate({"host": "127.0.0.1", "port": 0})
     source = DicomSource(config, context(rec))
     await source.start(rec.sink)
@@ -484,7 +443,7 @@ async def test_stop_aborts_idle_associations_quickly() -> None:
 
 
 async def test_topic_instances_reach_the_sink_until_stop() -> None:
-    rec = Rec()
+    rec = Recorder()
     bus = TopicBus()
     inbound = Inbound(raw=b"...", kind="dicom", peer="channel:retrieve")
     async with running(rec, ctx=context(rec, topics=bus), topic="study.retrieved"):
@@ -513,7 +472,7 @@ def test_config_is_validated(options: dict[str, Any], message: str) -> None:
 
 
 async def test_start_needs_topics_and_state_when_configured() -> None:
-    rec = Rec()
+    rec = Recorder()
     for options, message in (({"topic": "study.retrieved"}, "topics"), ({"services": ["mpps"]}, "state store")):
         source = DicomSource(DicomSource.Config.model_validate({"port": 0, **options}), context(rec))
         with pytest.raises(ConfigError, match=message):
@@ -523,4 +482,4 @@ async def test_start_needs_topics_and_state_when_configured() -> None:
 def test_unusable_tls_files_are_a_config_error(tmp_path: Path) -> None:
     config = DicomSource.Config.model_validate({"port": 0, "tls": {"cert": "missing.crt", "key": "missing.key"}})
     with pytest.raises(ConfigError, match="unusable TLS files"):
-        DicomSource(config, context(Rec(), tmp_path))
+        DicomSource(config, context(Recorder(), tmp_path))

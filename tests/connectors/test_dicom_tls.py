@@ -18,7 +18,7 @@ from engine.core.errors import RetryableError
 from engine.security.tls import client_context
 from tests.connectors.test_dicom_source import (
     WAIT,
-    Rec,
+    Recorder,
     context,
     destination,
     no_phi_in_logs,
@@ -64,7 +64,7 @@ def handshake(port: int, context: ssl.SSLContext) -> str:
 
 
 async def test_mutual_tls_echo_and_store(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     root = certs.ca.parent
     async with running(rec, root=root, **tls(certs)) as source:
         code, out = await tool(*echoscu_tls(certs, source.port))
@@ -79,7 +79,7 @@ async def test_mutual_tls_echo_and_store(certs: Certs) -> None:
 
 
 async def test_description_names_tls(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     config = DicomSource.Config.model_validate({"host": "127.0.0.1", "port": 0, **tls(certs, min_version="1.3")})
     source = DicomSource(config, context(rec, certs.ca.parent))
     described = await source.start(rec.sink)
@@ -88,7 +88,7 @@ async def test_description_names_tls(certs: Certs) -> None:
 
 
 async def test_plain_tcp_to_a_tls_port_is_refused_and_audited(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, root=certs.ca.parent, **tls(certs)) as source:
         code, out = await tool("echoscu", "-aec", "RADBRIDGE", "127.0.0.1", source.port)
         fields = await rec.wait_audit("association.refused")
@@ -98,7 +98,7 @@ async def test_plain_tcp_to_a_tls_port_is_refused_and_audited(certs: Certs) -> N
 
 
 async def test_unknown_calling_ae_over_tls_is_rejected_and_audited(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, root=certs.ca.parent, allow=[{"ae_title": "CT01"}], **tls(certs)) as source:
         code, out = await tool(*echoscu_tls(certs, source.port, aet="INTRUDER"))
         fields = await rec.wait_audit("association.refused")
@@ -108,7 +108,7 @@ async def test_unknown_calling_ae_over_tls_is_rejected_and_audited(certs: Certs)
 
 @pytest.mark.parametrize("who", ["no certificate", "stranger"])
 async def test_clients_without_a_trusted_certificate_are_refused(certs: Certs, who: str) -> None:
-    rec = Rec()
+    rec = Recorder()
     if who == "no certificate":
         context = client_context(str(certs.ca))
     else:
@@ -123,7 +123,7 @@ async def test_clients_without_a_trusted_certificate_are_refused(certs: Certs, w
 
 
 async def test_stranger_via_echoscu_is_refused(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, root=certs.ca.parent, **tls(certs)) as source:
         code, out = await tool(*echoscu_tls(certs, source.port, stranger=True))
         await rec.wait_audit("association.refused")
@@ -131,7 +131,7 @@ async def test_stranger_via_echoscu_is_refused(certs: Certs) -> None:
 
 
 async def test_tls_1_1_client_is_refused(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -148,7 +148,7 @@ async def test_tls_1_1_client_is_refused(certs: Certs) -> None:
 
 
 async def test_tls_1_3_floor_refuses_a_1_2_client(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     context = client_context(str(certs.ca), str(certs.client_cert), str(certs.client_key))
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     async with running(rec, root=certs.ca.parent, **tls(certs, min_version="1.3")) as source:
@@ -160,7 +160,7 @@ async def test_tls_1_3_floor_refuses_a_1_2_client(certs: Certs) -> None:
 
 
 async def test_allow_list_by_certificate_name_and_ae_title(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     root = certs.ca.parent
     allow = [{"cn": "ris.example.test", "ae_title": "CT01"}]
     async with running(rec, root=root, allow=allow, **tls(certs)) as source:
@@ -175,7 +175,7 @@ async def test_allow_list_by_certificate_name_and_ae_title(certs: Certs) -> None
 
 
 async def test_silent_client_cannot_stall_the_listener(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, root=certs.ca.parent, acse_timeout_s=0.5, **tls(certs)) as source:
         with socket.create_connection(("127.0.0.1", source.port), timeout=WAIT):  # never says hello
             code, out = await tool(*echoscu_tls(certs, source.port))  # served meanwhile
@@ -186,7 +186,7 @@ async def test_silent_client_cannot_stall_the_listener(certs: Certs) -> None:
 
 async def test_destination_refuses_an_untrusted_server(certs: Certs, tmp_path: Path) -> None:
     other = make_certs(tmp_path / "other")  # a different CA
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, root=certs.ca.parent, **tls(certs)) as source:
         dest = destination(source.port, tls={"ca": str(other.ca), "cert": str(other.client_cert),
                                              "key": str(other.client_key)})  # fmt: skip
@@ -197,7 +197,7 @@ async def test_destination_refuses_an_untrusted_server(certs: Certs, tmp_path: P
 
 
 async def test_tls_association_from_pynetdicom_with_trusted_certificate(certs: Certs) -> None:
-    rec = Rec()
+    rec = Recorder()
     async with running(rec, root=certs.ca.parent, **tls(certs)) as source:
 
         def echo() -> int:

@@ -4,16 +4,17 @@ running source, and a minimal client on real sockets (127.0.0.1 only, every wait
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from engine.connectors.mllp import MllpSource
-from engine.core.component import ComponentContext, Inbound, Outcome
+from engine.core.component import ComponentContext
 from engine.hl7v2 import Message
 from engine.hl7v2.mllp import MllpDecoder, encode
+from tests.connectors.fakes import Recorder
+from tests.connectors.fakes import context as fake_context
 from tests.hl7v2.samples import ADT_A08, OMI_O23, ORM_O01
 
 WAIT = 5.0  # upper bound of any single wait in these tests
@@ -35,41 +36,8 @@ def adt(control_id: str = "CTRL0003") -> bytes:
     return orm(control_id, sample=ADT_A08)
 
 
-class Recorder:
-    """A sink returning chosen Outcomes (fixed, or computed from the Inbound) and an audit hook."""
-
-    def __init__(self, outcome: Outcome | Callable[[Inbound], Outcome] = Outcome("accepted", "m1")) -> None:
-        self.outcome = outcome
-        self.inbounds: list[Inbound] = []
-        self.audits: list[tuple[str, dict[str, Any]]] = []
-        self.gate: asyncio.Event | None = None  # when set, the sink waits for it (to hold a message in flight)
-        self.entered = asyncio.Event()
-
-    async def sink(self, inbound: Inbound) -> Outcome:
-        self.inbounds.append(inbound)
-        self.entered.set()
-        if self.gate is not None:
-            await asyncio.wait_for(self.gate.wait(), WAIT)
-        await asyncio.sleep(0)
-        return self.outcome(inbound) if callable(self.outcome) else self.outcome
-
-    async def audit(self, action: str, **fields: Any) -> None:
-        self.audits.append((action, fields))
-
-    def actions(self) -> list[str]:
-        return [a for a, _ in self.audits]
-
-    async def wait_audit(self, action: str, timeout: float = WAIT) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for a, fields in self.audits:
-                    if a == action:
-                        return fields
-                await asyncio.sleep(0.01)
-
-
 def context(rec: Recorder, root: Path = Path("/")) -> ComponentContext:
-    return ComponentContext(channel="orders", root=root, audit=rec.audit, site_tz=UTC)
+    return fake_context(rec, root, channel="orders")
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from engine.core.component import ComponentContext, Inbound, Outcome
 from engine.core.errors import ConfigError
 from engine.dicom import Notification
 from tests import phi
+from tests.connectors import fakes
 from tests.orthanc import (  # noqa: F401 - orthanc_factory is a fixture
     PASSWORD,
     USER,
@@ -42,36 +43,13 @@ end
 """
 
 
-class MemoryState:
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-        self.puts: list[tuple[str, bytes]] = []
-
-    def get(self, name: str) -> bytes | None:
-        return self.values.get(name)
-
-    async def put(self, name: str, value: bytes) -> None:
-        self.values[name] = value
-        self.puts.append((name, value))
-
+class MemoryState(fakes.MemoryState):
     def seq(self) -> int | None:
         raw = self.values.get(STATE_KEY)
         return int(raw) if raw is not None else None
 
 
-class Recorder:
-    def __init__(self, outcome: Callable[[Inbound], Outcome] | None = None) -> None:
-        self.inbounds: list[Inbound] = []
-        self.audits: list[tuple[str, dict[str, Any]]] = []
-        self.outcome = outcome or (lambda _i: Outcome("accepted", "m1"))
-
-    async def sink(self, inbound: Inbound) -> Outcome:
-        self.inbounds.append(inbound)
-        return self.outcome(inbound)
-
-    async def audit(self, action: str, **fields: Any) -> None:
-        self.audits.append((action, fields))
-
+class Recorder(fakes.Recorder):
     def notifications(self) -> list[Notification]:
         return [i.decoded for i in self.inbounds]
 

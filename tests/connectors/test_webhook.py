@@ -13,7 +13,6 @@ import ssl
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,12 @@ import engine.connectors.http as webhook_module
 from engine.config import lint
 from engine.connectors.http import PayloadError, WebhookSource
 from engine.core import registry
-from engine.core.component import ComponentContext, Inbound, Outcome, Problem
+from engine.core.component import ComponentContext, Outcome, Problem
 from engine.core.errors import ConfigError
 from engine.dicom.notification import Notification
 from tests import phi
+from tests.connectors.fakes import Recorder
+from tests.connectors.fakes import context as fake_context
 from tests.orthanc import make_study, start_orthanc
 from tests.tlscerts import Certs, make_certs
 
@@ -48,34 +49,8 @@ ORTHANC_BODY = {
 }  # fmt: skip
 
 
-class Recorder:
-    """A sink answering a chosen Outcome (or raising), and an audit hook."""
-
-    def __init__(self, outcome: Outcome | Exception = Outcome("accepted", "m1")) -> None:
-        self.outcome = outcome
-        self.inbounds: list[Inbound] = []
-        self.audits: list[tuple[str, dict[str, Any]]] = []
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def sink(self, inbound: Inbound) -> Outcome:
-        self.inbounds.append(inbound)
-        self.entered.set()
-        if self.gate is not None:
-            await asyncio.wait_for(self.gate.wait(), WAIT)
-        if isinstance(self.outcome, Exception):
-            raise self.outcome
-        return self.outcome
-
-    async def audit(self, action: str, **fields: Any) -> None:
-        self.audits.append((action, fields))
-
-    def text(self) -> bytes:
-        return repr(self.audits).encode()
-
-
 def context(rec: Recorder, root: Path = Path("/")) -> ComponentContext:
-    return ComponentContext(channel="pacs-notify", root=root, audit=rec.audit, site_tz=UTC)
+    return fake_context(rec, root, channel="pacs-notify")
 
 
 def config(**options: Any) -> WebhookSource.Config:

@@ -44,7 +44,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from engine.core.component import ComponentContext, Delivered, Inbound, Outbound
-from engine.core.errors import ConfigError, PermanentError, RetryableError
+from engine.core.errors import PermanentError, RetryableError
 from engine.core.registry import register
 from engine.dicom import DicomHeaderError, part10, read_header
 from engine.connectors.dicom.retrieve_config import UID as _UID
