@@ -19,7 +19,6 @@ from sqlalchemy import Engine, bindparam, func, select
 
 from engine.config.schema import StudyAssemblyConfig
 from engine.core.clock import utcnow
-from engine.core.component import Inbound
 from engine.core.ids import new_id
 from engine.correlation.keys import keys
 from engine.dicom import InstanceHeader
@@ -96,13 +95,6 @@ def assembly_writes(
 
 def _prefixed(row: dict[str, Any]) -> dict[str, Any]:
     return {f"a_{k}": v for k, v in row.items()}
-
-
-def header_of(inbound: Inbound) -> InstanceHeader:
-    header = inbound.decoded
-    if not isinstance(header, InstanceHeader):
-        raise TypeError("study assembly needs DICOM instances (a dicom source)")
-    return header
 
 
 def held_instances(engine: Engine, index: BlindIndex) -> Callable[[str], int]:

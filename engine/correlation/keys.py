@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 from engine.security.blind_index import BlindIndex
 
-KEY_KINDS = ("accession", "accession@issuer", "study_uid", "placer", "filler")
 _INDEX_KIND = {"accession": "accession", "accession@issuer": "accession", "study_uid": "study_uid",
                "placer": "placer", "filler": "filler"}  # fmt: skip
 

@@ -264,7 +264,7 @@ class Correlator:
                 study = self.repo.study(existing.study_key)
                 if study is not None:
                     self._emit(plan, "study.cancelled", {"study_id": study.id, "order_id": existing.id}, [study.id])
-            for study in self._studies_for(pairs):
+            for study in self.repo.studies_by_keys(pairs):
                 if study.state in ("waiting", "held"):
                     self._evaluate(plan, study, "order-cancelled")
             return
@@ -294,12 +294,9 @@ class Correlator:
                               "procedure_code": fields.get("procedure_code"), "procedure_text": fields.get("procedure_text")}  # fmt: skip
                     self._emit(plan, "study.updated", update, [study.id, row.id])
                 return
-        for study in self._studies_for(pairs):
+        for study in self.repo.studies_by_keys(pairs):
             if study.state in ("waiting", "ready") or (study.state == "held" and study.reason != "patient-mismatch"):
                 self._evaluate(plan, study, "order")
-
-    def _studies_for(self, pairs: list[tuple[str, str]]) -> list[StudyRow]:
-        return self.repo.studies_by_keys(pairs)
 
     def _on_patient(self, plan: Plan, fields: dict[str, Any], message_id: str) -> None:
         """A40 merge / A47 identifier change: pending orders of the prior id move to the new one."""

@@ -13,8 +13,8 @@ PHI_FIELDS = ("patient_name", "patient_id", "birth_date", "accessions", "study_u
 
 
 def mask(value: Any) -> str:
-    text = ", ".join(value) if isinstance(value, list | tuple) else str(value or "")
-    return f"{text[:1]}{'*' * min(8, max(0, len(text) - 1))}" if text else ""
+    """Whether there is a value, and nothing of it (not even a first letter or a length)."""
+    return "[masked]" if value else ""
 
 
 def _when(value: datetime | None) -> str:

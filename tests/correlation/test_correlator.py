@@ -337,3 +337,28 @@ async def test_restart_in_the_middle_of_the_other_cases(world: World, case: str)
         expected = 2
     await asyncio.sleep(WAIT * 1.5)
     assert len(world.emitted()) == expected
+
+
+async def test_bad_input_is_kept_and_changes_nothing(world: World) -> None:
+    assert world.engine is not None and world.ctx is not None
+    # An order naming neither accession nor placer number: stored (sealed), audited, nothing registered.
+    await world.record("order", "order.accepted", {"event": "accepted", "patient_id": phi.MRN})
+    # A cancellation of an order nobody placed.
+    await world.order("cancelled", accession="ACC-NEVER-PLACED")
+    # Something that is not a DICOM instance, sent to the assembling channel: refused and kept.
+    note = {"event": "study.stable", "source": "x"}
+    [outcome] = await world.engine.topics.publish(
+        "test.dicom", Inbound(raw=json.dumps(note).encode(), kind="record", peer="t", decoded=note, dedup="bad-1")
+    )
+    assert outcome.status == "refused" and outcome.problem is not None
+    assert "takes DICOM instances only" in outcome.problem.text
+    kept = world.ctx.messages.get(outcome.message_id)  # type: ignore[arg-type]
+    assert kept is not None and kept.status == "error"
+    with world.ctx.db.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM orders").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM studies").scalar() == 0
+        failures = dict(conn.exec_driver_sql(
+            "SELECT action, count(*) FROM audit_log WHERE outcome = 'failure' GROUP BY action").all())  # fmt: skip
+    assert failures.get("order.ignored") == 1 and failures.get("order.cancelled") == 1
+    stored = [v.kind for v in world.ctx.messages.list(channel="correlation")]
+    assert stored.count("record order.accepted") == 1 and stored.count("record order.cancelled") == 1
