@@ -18,7 +18,7 @@ from engine.audit.verify import verify
 from engine.runtime.context import open_context
 from engine.store.tables import AuditRow
 from tests.conftest import write_project
-from tests.tlscerts import make_certs
+from tests.tlscerts import make_certs, tls_1_1_client
 
 
 def _free_port() -> int:
@@ -138,12 +138,7 @@ def test_https_listener_enforces_tls12_and_client_certificates(tmp_path: Path) -
         stranger = ssl.create_default_context(cafile=str(certs.ca))
         stranger.load_cert_chain(str(certs.stranger_cert), str(certs.stranger_key))
         refused(stranger)
-        old = ssl.create_default_context(cafile=str(certs.ca))
-        old.load_cert_chain(str(certs.client_cert), str(certs.client_key))
-        old.set_ciphers("DEFAULT:@SECLEVEL=0")  # lower our own floor so the refusal is the server's
-        old.minimum_version = ssl.TLSVersion.TLSv1
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
-        refused(old)
+        refused(tls_1_1_client(certs))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

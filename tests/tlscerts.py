@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +72,18 @@ def make_certs(folder: Path) -> Certs:
     other_key, other_ca = _issue("other CA", _name("other CA"), None, ca=True)
     stranger = _write(folder, "stranger", *_issue("ris.example.test", other_ca.subject, other_key))
     return Certs(ca_path, *server, *client, *stranger)
+
+
+def tls_1_1_client(certs: Certs, *, with_cert: bool = True) -> ssl.SSLContext:
+    """A client offering only TLS 1.0/1.1. Debian's OpenSSL refuses those on the client side by
+    itself, so the client lowers its own floor (@SECLEVEL=0): a refusal is then the server's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(str(certs.ca))
+        if with_cert:
+            old.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    return old

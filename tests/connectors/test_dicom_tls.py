@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from tests.connectors.test_dicom_source import (
     tool,
 )
 from tests.dicomdata import KB, make_instance, part10_bytes
-from tests.tlscerts import Certs, make_certs
+from tests.tlscerts import Certs, make_certs, tls_1_1_client
 
 __all__ = ["no_phi_in_logs"]  # the autouse fixture: every log line of these tests is free of fake PHI
 
@@ -132,14 +131,7 @@ async def test_stranger_via_echoscu_is_refused(certs: Certs) -> None:
 
 async def test_tls_1_1_client_is_refused(certs: Certs) -> None:
     rec = Recorder()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        old.load_verify_locations(str(certs.ca))
-        old.load_cert_chain(str(certs.client_cert), str(certs.client_key))
-        old.set_ciphers("DEFAULT:@SECLEVEL=0")
-        old.minimum_version = ssl.TLSVersion.TLSv1
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old = tls_1_1_client(certs)
     async with running(rec, root=certs.ca.parent, **tls(certs)) as source:
         result = await asyncio.to_thread(handshake, source.port, old)
         fields = await rec.wait_audit("association.refused")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from engine.connectors.mllp import MllpDestination, send_messages
 from engine.core.component import Outbound
 from engine.security.tls import client_context
 from tests.connectors.test_mllp_helpers import WAIT, Client, Recorder, context, msa, orm, running_source
-from tests.tlscerts import Certs, make_certs
+from tests.tlscerts import Certs, make_certs, tls_1_1_client
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +86,7 @@ async def test_clients_without_a_trusted_certificate_are_refused(certs: Certs, w
 async def test_tls_1_1_client_is_refused(certs: Certs) -> None:
     rec = Recorder()
     opts = tls_options(certs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        old.load_verify_locations(str(certs.ca))
-        old.load_cert_chain(str(certs.client_cert), str(certs.client_key))
-        old.set_ciphers("DEFAULT:@SECLEVEL=0")
-        old.minimum_version = ssl.TLSVersion.TLSv1
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old = tls_1_1_client(certs)
     async with running_source(rec, root=opts.pop("_root"), **opts) as source:  # type: ignore[arg-type]
         assert await refused(source.port, old)
         fields = await rec.wait_audit("connection.refused")

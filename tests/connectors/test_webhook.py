@@ -10,7 +10,6 @@ import json
 import logging
 import socket
 import ssl
-import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from tests import phi
 from tests.connectors.fakes import Recorder
 from tests.connectors.fakes import context as fake_context
 from tests.orthanc import make_study, start_orthanc
-from tests.tlscerts import Certs, make_certs
+from tests.tlscerts import Certs, make_certs, tls_1_1_client
 
 WAIT = 5.0  # upper bound of any single wait here
 TOKEN = "tok-" + "a1b2c3d4" * 4
@@ -506,13 +505,7 @@ async def test_plain_http_to_the_tls_port_fails(certs: Certs) -> None:
 
 async def test_tls_1_1_client_is_refused(certs: Certs) -> None:
     rec = Recorder()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        old.load_verify_locations(str(certs.ca))
-        old.set_ciphers("DEFAULT:@SECLEVEL=0")  # lower our own floor, to prove the server keeps its own
-        old.minimum_version = ssl.TLSVersion.TLSv1
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old = tls_1_1_client(certs, with_cert=False)
     async with running(rec, root=certs.ca.parent, **tls_options(certs)) as source:
         with pytest.raises(httpx.ConnectError) as err:
             await tls_post(source, old)
