@@ -220,6 +220,11 @@ def check_component(
     config, diags = validate(component.config, ref.options, doc, display, prefix, secrets)
     if config is None:
         return None, diags
+    # Problems between fields (a rule naming an undeclared model), each at its own position.
+    cross = getattr(config, "cross_check", None)
+    problems = cross() if cross is not None else []
+    if problems:
+        return None, [Diagnostic(display, *doc.value_pos(prefix + path), message) for path, message in problems]
     return ComponentResult(ref.kind, component, config), []
 
 

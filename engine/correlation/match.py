@@ -85,6 +85,8 @@ def ready_fields(
         "body_part": (content.body_parts[0] if content.body_parts else str(first.get("body_part") or "")),
         "procedure_code": str(first.get("procedure_code") or ""),
         "procedure_text": str(first.get("procedure_text") or header.study_description),
+        "calling_ae": header.calling_ae,
+        "site": header.institution,
         "priority": highest_priority(o.get("priority") for _, o in orders),
         "orders": [order_summary(i, o) for i, o in orders],
         "matched": bool(orders),

@@ -47,6 +47,8 @@ class InstanceHeader:
     study_description: str = ""
     series_number: str = ""
     instance_number: str = ""
+    institution: str = ""  # (0008,0080): the site, for routing rules
+    calling_ae: str = ""  # the association's calling AE title (set by the DICOM source, not read)
     charset: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -137,6 +139,7 @@ def _read(raw: bytes) -> InstanceHeader:
         study_description=_text(ds, "StudyDescription"),
         series_number=_text(ds, "SeriesNumber"),
         instance_number=_text(ds, "InstanceNumber"),
+        institution=_text(ds, "InstitutionName"),
         charset=tuple([charset] if isinstance(charset, str) else charset),
     )
 

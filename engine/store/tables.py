@@ -257,4 +257,76 @@ class OrderKey(SQLModel, table=True):
     order_id: str = Field(primary_key=True, max_length=36)
 
 
+class ModelVersion(SQLModel, table=True):
+    """The model registry: each declared model version's governance state and live thresholds.
+    `running` counts its jobs in flight across every engine node (the per-model concurrency cap)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (_NO_ROWID,)
+
+    name: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    state: str = Field(max_length=16, description="shadow active retired")
+    evidence: str | None = Field(default=None, max_length=500, description="link to validation evidence")
+    thresholds: str | None = Field(default=None, description="JSON per finding code; overrides the config")
+    running: int = 0
+    changed_at: datetime
+    changed_by: str = Field(max_length=120)
+
+
+class InferenceJob(SQLModel, table=True):
+    """One inference of one study's content by one model version. Its request, result and raw
+    model output are sealed message parts; this row holds only ids, states, digests and times."""
+
+    __tablename__ = "inference_jobs"
+    __table_args__ = (
+        Index("ux_jobs_identity", "study_id", "model", "model_version", "content_hash", unique=True),
+        _sparse("ix_jobs_due", "due_at"),
+        Index("ix_jobs_state", "state"),
+        _NO_ROWID,
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    study_id: str = Field(max_length=36)
+    content_hash: str = Field(max_length=64)
+    model: str = Field(max_length=64)
+    model_version: str = Field(max_length=64)
+    state: str = Field(max_length=16, description="queued running completed dead cancelled")
+    priority: int = Field(description="0 stat .. 3 routine: the order jobs are taken in")
+    attempts: int = 0
+    due_at: datetime | None = Field(default=None, description="next attempt while queued; NULL otherwise")
+    holder: str | None = Field(default=None, max_length=120, description="engine process running it")
+    lease_until: datetime | None = None
+    channel: str = Field(max_length=128)
+    trigger: str = Field(max_length=200, description="rule set/rule that chose the model")
+    request_message: str = Field(max_length=36, description="the study.ready record, sealed")
+    result_message: str | None = Field(default=None, max_length=36)
+    clinical: bool | None = Field(default=None, description="result released (active) or kept (shadow)")
+    input_digest: str | None = Field(default=None, max_length=64)
+    output_digest: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, max_length=500, description="last failure: a class and code, never PHI")
+    revision: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+
+class Disclosure(SQLModel, table=True):
+    """Accounting of disclosures: patient data (or data derived from it) sent outside the hospital."""
+
+    __tablename__ = "disclosures"
+    __table_args__ = (Index("ix_disclosures_patient", "patient_idx"), _NO_ROWID)
+
+    id: str = Field(primary_key=True, max_length=36)
+    patient_idx: str = Field(max_length=64, description="patient id as a blind index")
+    recipient: str = Field(max_length=200, description="model name@version and host, or the export target")
+    purpose: str = Field(max_length=64)
+    method: str = Field(max_length=32, description="safe-harbor, limited-data-set or identified")
+    study_id: str | None = Field(default=None, max_length=36)
+    job_id: str | None = Field(default=None, max_length=36)
+    items: int = 0
+    at: datetime
+
+
 metadata = SQLModel.metadata

@@ -36,7 +36,7 @@ import ssl
 import threading
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydicom.uid import UID
@@ -393,7 +393,7 @@ class DicomSource:
             return 0xC210
         decoded: Any
         try:
-            decoded = read_header(raw)
+            decoded = replace(read_header(raw), calling_ae=conn.calling)
             dedup: str | None = decoded.sop_instance_uid
         except DicomHeaderError as exc:
             decoded, dedup = exc, None

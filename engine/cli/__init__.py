@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
 
 import typer
 import uvloop
 
 from engine import __version__
+from engine.cli.common import ROOT, actor, app, context, fail, guard, setup_logging
 from engine.config import load_project
-from engine.core.errors import ConfigError, RadbridgeError
 
-app = typer.Typer(
-    help="radbridge: HL7/FHIR integration engine for AI radiology.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 keys_app = typer.Typer(help="Key material: create, inspect, rotate, retire.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log: verify the chain, read recent entries, export.", no_args_is_help=True)
 messages_app = typer.Typer(help="Stored messages: list, show, reprocess.", no_args_is_help=True)
@@ -33,44 +23,6 @@ app.add_typer(audit_app, name="audit")
 studies_app = typer.Typer(help="Studies being assembled and correlated: list, show.", no_args_is_help=True)
 app.add_typer(messages_app, name="messages")
 app.add_typer(studies_app, name="studies")
-
-ROOT = typer.Option(Path("."), "--root", "-r", help="Project folder (holds config/, channels/, mappings/).")
-T = TypeVar("T")
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"radbridge: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _guard(action: Callable[[], T]) -> T:
-    """One-line errors for what the engine raises on purpose; config errors list every diagnostic."""
-    try:
-        return action()
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            typer.echo(line, err=True)
-        raise typer.Exit(2) from None
-    except RadbridgeError as exc:
-        _fail(str(exc))
-    except LookupError as exc:
-        _fail(str(exc.args[0]) if exc.args else "not found")
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-
-
-def _actor() -> str:
-    return f"user:{getpass.getuser()}"
-
-
-def _context(root: Path):  # type: ignore[no-untyped-def]
-    from engine.runtime.context import open_context
-
-    return _guard(lambda: open_context(root))
-
 
 @app.command()
 def version() -> None:
@@ -85,13 +37,13 @@ def run(root: Path = ROOT) -> None:
     from engine.runtime.lint import lint_all
     from engine.runtime.serve import serve
 
-    _setup_logging()
+    setup_logging()
     problems = lint_all([], root)  # a bad channel or mapping stops the start, before anything listens
     for problem in problems:
         typer.echo(str(problem), err=True)
     if problems:
         raise typer.Exit(2)
-    ctx = _guard(lambda: open_context(root, create_dev_key=True))
+    ctx = guard(lambda: open_context(root, create_dev_key=True))
     try:
         # uvloop: the same asyncio API with libuv underneath; it takes a large share of the per-message
         # socket and scheduling cost off the ingest path.
@@ -127,10 +79,10 @@ def test_channels(
 
     files = case_files([Path(p) for p in paths or []], root.resolve())
     if not files:
-        _fail("no *_test.yaml files found")
+        fail("no *_test.yaml files found")
     total, failures = 0, []
     for path in files:
-        ran, failed = _guard(lambda path=path: asyncio.run(run_file(path.resolve(), root.resolve())))
+        ran, failed = guard(lambda path=path: asyncio.run(run_file(path.resolve(), root.resolve())))
         total += ran
         failures += failed
     for failure in failures:
@@ -157,17 +109,17 @@ def send(
 
     host, _, port = to.rpartition(":")
     if not host or not port.isdigit():
-        _fail(f"--to must be host:port, got {to!r}")
+        fail(f"--to must be host:port, got {to!r}")
     messages: list[bytes] = []
     for path in files:
         try:
             messages += split_messages(path.read_bytes())
         except (OSError, BatchError) as exc:
-            _fail(f"{path}: {exc}")
+            fail(f"{path}: {exc}")
     tls = None
     if tls_ca or tls_cert:
         tls = client_context(str(tls_ca) if tls_ca else None, tls_cert and str(tls_cert), tls_key and str(tls_key))
-    results = _guard(lambda: asyncio.run(send_messages(messages, host, int(port), tls=tls, timeout_s=timeout)))
+    results = guard(lambda: asyncio.run(send_messages(messages, host, int(port), tls=tls, timeout_s=timeout)))
     for n, r in enumerate(results, 1):
         error = f" ERR {r.error_code}" if r.error_code else ""
         note = f" ({r.note})" if r.note else ""
@@ -182,9 +134,9 @@ def purge_now(root: Path = ROOT) -> None:
     keep the audit trail, and print what went."""
     from engine.runtime.serve import run_retention
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
-        report = _guard(lambda: run_retention(ctx, _actor()))
+        report = guard(lambda: run_retention(ctx, actor()))
     finally:
         ctx.close()
     for channel in report.channels:
@@ -199,9 +151,9 @@ def backup(dest: Path, root: Path = ROOT) -> None:
     The data stays encrypted; the keyring is NOT in it: export that apart with `keys export`."""
     from engine.store.backup import backup as take_backup
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
-        info = _guard(lambda: take_backup(ctx, dest, actor=_actor()))
+        info = guard(lambda: take_backup(ctx, dest, actor=actor()))
     finally:
         ctx.close()
     typer.echo(f"backup of the {info.store} store written to {dest}: {info.messages} message(s), "
@@ -219,8 +171,8 @@ def restore(
     from engine.runtime.context import store_url
     from engine.store.backup import restore as do_restore
 
-    project = _guard(lambda: load_project(root))
-    info = _guard(lambda: do_restore(src, project.root, store_url(project)))
+    project = guard(lambda: load_project(root))
+    info = guard(lambda: do_restore(src, project.root, store_url(project)))
     typer.echo(f"restored {info.messages} message(s) and {info.audit_entries} audit entries from {src}")
     if keys is not None:
         keys_import(keys, root, passphrase_env)
@@ -229,7 +181,7 @@ def restore(
 def _passphrase(env: str) -> str:
     value = os.environ.get(env)
     if not value:
-        _fail(f"environment variable {env} holding the passphrase is not set")
+        fail(f"environment variable {env} holding the passphrase is not set")
     return value
 
 
@@ -242,12 +194,12 @@ def keys_export(dest: Path, root: Path = ROOT, passphrase_env: str = PASSPHRASE)
     from engine.runtime.context import load_keyring
     from engine.security.key_export import export_keyring
 
-    project = _guard(lambda: load_project(root))
-    sealed = _guard(lambda: export_keyring(load_keyring(project), _passphrase(passphrase_env)))
+    project = guard(lambda: load_project(root))
+    sealed = guard(lambda: export_keyring(load_keyring(project), _passphrase(passphrase_env)))
     try:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        _fail(f"{dest} already exists")
+        fail(f"{dest} already exists")
     with os.fdopen(fd, "wb") as out:
         out.write(sealed)
     typer.echo(f"keyring exported to {dest}, sealed under the passphrase in ${passphrase_env}")
@@ -260,10 +212,10 @@ def keys_import(src: Path, root: Path = ROOT, passphrase_env: str = PASSPHRASE) 
     from engine.security import keyring
     from engine.security.key_export import import_keyring
 
-    project = _guard(lambda: load_project(root))
-    ring = _guard(lambda: import_keyring(src.read_bytes(), _passphrase(passphrase_env)))
+    project = guard(lambda: load_project(root))
+    ring = guard(lambda: import_keyring(src.read_bytes(), _passphrase(passphrase_env)))
     path = _under(project.root, project.engine.keys.file)
-    _guard(lambda: keyring.write_file(ring, path))
+    guard(lambda: keyring.write_file(ring, path))
     typer.echo(f"keyring imported to {path}")
 
 
@@ -276,12 +228,12 @@ def keys_init(root: Path = ROOT, force: bool = typer.Option(False, help="Replace
     from engine.runtime.context import _under
     from engine.security import keyring
 
-    project = _guard(lambda: load_project(root))
+    project = guard(lambda: load_project(root))
     if project.engine.keys.source != "file":
-        _fail("keys.source is not 'file'; put the keyring JSON in the environment variable instead")
+        fail("keys.source is not 'file'; put the keyring JSON in the environment variable instead")
     path = _under(project.root, project.engine.keys.file)
     ring = keyring.generate(dev=False)
-    _guard(lambda: keyring.write_file(ring, path, replace=force))
+    guard(lambda: keyring.write_file(ring, path, replace=force))
     typer.echo(f"created keyring {path} (KEK {ring.kek_id} v{ring.kek_active}, signing key {ring.signing_key_id})")
     typer.echo("back it up apart from the data: without it, nothing stored can be read")
 
@@ -291,7 +243,7 @@ def keys_status(root: Path = ROOT) -> None:
     """Show KEK versions, their ages and how many records each wraps (never key material)."""
     from engine.store import rotation
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
         info = ctx.keyring.describe()
         state = rotation.status(ctx.db, ctx.vault.kek)
@@ -319,11 +271,11 @@ def keys_rotate(
     Content is not re-encrypted. Restart (or reload) running engines so new records use the new version."""
     from engine.store import rotation
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
-        version = ctx.vault.kek.active if rewrap_only else _guard(ctx.vault.kek.rotate)
-        count = _guard(lambda: rotation.rotate(ctx.db, ctx.vault, batch_size=batch_size))
-        ctx.audit.record("keys.rotated", actor=_actor(), detail={"kek": ctx.vault.kek.kek_id, "version": version,
+        version = ctx.vault.kek.active if rewrap_only else guard(ctx.vault.kek.rotate)
+        count = guard(lambda: rotation.rotate(ctx.db, ctx.vault, batch_size=batch_size))
+        ctx.audit.record("keys.rotated", actor=actor(), detail={"kek": ctx.vault.kek.kek_id, "version": version,
                                                                   "rewrapped": count})  # fmt: skip
     finally:
         ctx.close()
@@ -335,10 +287,10 @@ def keys_retire(version: int, root: Path = ROOT) -> None:
     """Retire a KEK version that wraps no record any more; it can no longer unwrap anything."""
     from engine.store import rotation
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
-        _guard(lambda: rotation.retire(ctx.db, ctx.vault.kek, version))
-        ctx.audit.record("keys.retired", actor=_actor(), detail={"kek": ctx.vault.kek.kek_id, "version": version})
+        guard(lambda: rotation.retire(ctx.db, ctx.vault.kek, version))
+        ctx.audit.record("keys.retired", actor=actor(), detail={"kek": ctx.vault.kek.kek_id, "version": version})
     finally:
         ctx.close()
     typer.echo(f"KEK {ctx.vault.kek.kek_id} v{version} retired")
@@ -352,11 +304,11 @@ def audit_verify(root: Path = ROOT) -> None:
     """Check every node's hash chain and signed checkpoints; exit 1 at the first broken entry."""
     from engine.audit.verify import verify
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
         result = verify(ctx.db, ctx.keyring.verify_key, ctx.keyring.signing_key_id)
         outcome = "success" if result.ok else "failure"
-        ctx.audit.record("audit.verified", actor=_actor(), outcome=outcome)
+        ctx.audit.record("audit.verified", actor=actor(), outcome=outcome)
     finally:
         ctx.close()
     if not result.ok:
@@ -375,7 +327,7 @@ def audit_tail(root: Path = ROOT, lines: int = typer.Option(20, "-n", help="How 
 
     from engine.store.tables import AuditRow
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
         table = AuditRow.__table__
         with ctx.db.connect() as conn:
@@ -401,7 +353,7 @@ def _utc_bound(value: str | None, option: str) -> str | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"{option} must be an ISO 8601 date or time, got {value!r}")
+        fail(f"{option} must be an ISO 8601 date or time, got {value!r}")
     return iso(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
@@ -422,9 +374,9 @@ def audit_export(
     from engine.audit.export import FORMATS, read_batches, write
 
     if fmt not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     start, end = _utc_bound(since, "--since"), _utc_bound(until, "--until")
-    ctx = _context(root)
+    ctx = context(root)
     detail: dict[str, object] = {"format": fmt, "since": start, "until": end, "out": str(out) if out else "stdout"}
     try:
         try:
@@ -438,11 +390,11 @@ def audit_export(
                     detail["entries"] = write(read_batches(ctx.db, start, end), fmt, stream)
         except Exception as exc:
             detail["error"] = type(exc).__name__
-            ctx.audit.record("audit.exported", actor=_actor(), outcome="failure", detail=detail)
+            ctx.audit.record("audit.exported", actor=actor(), outcome="failure", detail=detail)
             if isinstance(exc, OSError):
-                _fail(f"{out}: {exc.strerror}")
+                fail(f"{out}: {exc.strerror}")
             raise
-        ctx.audit.record("audit.exported", actor=_actor(), detail=detail)
+        ctx.audit.record("audit.exported", actor=actor(), detail=detail)
     finally:
         ctx.close()
     if out is not None:
@@ -462,13 +414,13 @@ def messages_list(
     limit: int = typer.Option(50, help="At most this many, newest first."),
 ) -> None:
     """List messages: id, channel, kind, status, size, per-destination states. Never content."""
-    ctx = _context(root)
+    ctx = context(root)
     try:
         index = None
         if accession or mrn:
             kind, value = ("accession", accession) if accession else ("mrn", mrn)
             index = (kind, ctx.index(kind, value or ""))
-            ctx.audit.record("message.searched", actor=_actor(), indexes={kind: index[1]})
+            ctx.audit.record("message.searched", actor=actor(), indexes={kind: index[1]})
         found = ctx.messages.list(channel=channel, status=status, index=index, limit=limit)
     finally:
         ctx.close()
@@ -486,11 +438,11 @@ def messages_show(
     reason: str = typer.Option("operations", help="Purpose of use, recorded in the audit entry."),
 ) -> None:
     """Show a message's metadata; with --decrypt also its content, recording the access in the audit log."""
-    ctx = _context(root)
+    ctx = context(root)
     try:
         view = ctx.messages.get(message_id)
         if view is None:
-            _fail(f"no message {message_id}")
+            fail(f"no message {message_id}")
         typer.echo(
             f"id: {view.id}\nchannel: {view.channel}\ndirection: {view.direction}\nkind: {view.kind}\n"
             f"status: {view.status}\nreceived: {view.received_at.isoformat()}\nupdated: {view.updated_at.isoformat()}\n"
@@ -501,9 +453,9 @@ def messages_show(
         if view.error:
             typer.echo(f"error: {view.error}")
         if decrypt:
-            content = _guard(lambda: ctx.messages.read(message_id, part))
+            content = guard(lambda: ctx.messages.read(message_id, part))
             ctx.audit.record(
-                "message.viewed", actor=_actor(), purpose=reason, record_ids=[message_id], detail={"part": part}
+                "message.viewed", actor=actor(), purpose=reason, record_ids=[message_id], detail={"part": part}
             )
             typer.echo(f"--- {part} (decrypted; access recorded) ---")
             typer.echo(content.decode("utf-8", errors="replace").replace("\r", "\n"))
@@ -523,11 +475,11 @@ def messages_reprocess(
     from engine.runtime.reprocess import reprocess
 
     if not message_ids and not (channel or status):
-        _fail("name message ids, or select with --channel and/or --status")
-    ctx = _context(root)
+        fail("name message ids, or select with --channel and/or --status")
+    ctx = context(root)
     try:
         ids = list(message_ids or []) or [m.id for m in ctx.messages.list(channel=channel, status=status, limit=limit)]
-        results = _guard(lambda: asyncio.run(reprocess(ctx, ids, _actor())))
+        results = guard(lambda: asyncio.run(reprocess(ctx, ids, actor())))
     finally:
         ctx.close()
     for r in results:
@@ -550,7 +502,7 @@ def studies_list(
     from engine.correlation.repo import Repo
     from engine.correlation.view import study_line
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
         found = Repo(ctx.db).studies(state=state, limit=limit)
     finally:
@@ -570,15 +522,15 @@ def studies_show(
     from engine.correlation.repo import Repo
     from engine.correlation.view import describe
 
-    ctx = _context(root)
+    ctx = context(root)
     try:
         repo = Repo(ctx.db)
         study = repo.study_by_id(study_id)
         if study is None:
-            _fail(f"no study {study_id}")
-        lines = _guard(lambda: describe(repo, ctx.messages, study, phi=phi))
+            fail(f"no study {study_id}")
+        lines = guard(lambda: describe(repo, ctx.messages, study, phi=phi))
         if phi:
-            ctx.audit.record("study.viewed", actor=_actor(), purpose=reason, record_ids=[study_id])
+            ctx.audit.record("study.viewed", actor=actor(), purpose=reason, record_ids=[study_id])
     finally:
         ctx.close()
     for line in lines:
