@@ -488,10 +488,6 @@ def messages_reprocess(
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    app()
-
-
 @studies_app.command("list")
 def studies_list(
     root: Path = ROOT,
@@ -535,3 +531,8 @@ def studies_show(
         ctx.close()
     for line in lines:
         typer.echo(line)
+
+from engine.cli import inference as _inference  # noqa: E402,F401 - registers models, jobs, deid
+
+if __name__ == "__main__":
+    app()

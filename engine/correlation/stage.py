@@ -480,6 +480,7 @@ class Correlator:
             plan.orders[c.row.id] = self._order_change(plan, c, state="ready", study_key=study.key, expires_at=None)
         fields = ready_fields(study_id=study.id, header=header, content=content,
                               orders=[(c.row.id, c.fields) for c in active], trigger=trigger, partial=partial)  # fmt: skip
+        fields["channel"] = study.channel  # the imaging channel the study came in on, for routing rules
         self._emit(plan, "study.ready", fields, [study.id] + [c.row.id for c in active])
 
     def _link_late_orders(self, plan: Plan, study: StudyRow, header: InstanceHeader, active: list[_Candidate]) -> None:

@@ -14,8 +14,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.core.clock import iso
 from engine.core.errors import KeyMaterialError
@@ -68,6 +69,12 @@ class Keyring:
         """A short fingerprint of the checkpoint public key, stored beside each signature."""
         raw = self.verify_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return raw.hex()[:16]
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A 256-bit key for one purpose (e.g. "deid:<project>" pseudonyms), derived from the index key
+        with HKDF-SHA256: separate from the blind indexes, yet needing no new key material to escrow."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"radbridge {purpose}".encode())
+        return hkdf.derive(self.index_key)
 
     def kek(self, version: int) -> bytes:
         entry = self.kek_versions.get(version)

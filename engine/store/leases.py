@@ -26,7 +26,7 @@ def holder_id(node: str) -> str:
     return f"{node}/{socket.gethostname()}/{os.getpid()}/{new_id()[-8:]}"[:120]
 
 
-def _dead_here(holder: str) -> bool:
+def holder_dead(holder: str) -> bool:
     """A holder on this host whose process is gone (a crash and restart) need not be waited out."""
     parts = holder.split("/")
     if len(parts) < 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
@@ -66,7 +66,7 @@ class Leases:
                     return False
                 conn.execute(insert(_leases).values(name=name, holder=self.holder, expires_at=now + self.ttl))
                 return True
-            if row.holder != self.holder and row.expires_at > now and not _dead_here(row.holder):
+            if row.holder != self.holder and row.expires_at > now and not holder_dead(row.holder):
                 return False
             conn.execute(
                 update(_leases).where(_leases.c.name == name).values(holder=self.holder, expires_at=now + self.ttl)
