@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.core.clock import utcnow
@@ -31,7 +31,7 @@ from engine.inference.worker import Worker
 from engine.store.writer import WriteItem
 
 log = logging.getLogger("radbridge.inference")
-EVER = datetime(2000, 1, 1)  # a study's content is routed once, however late its study.ready repeats
+EVER = datetime(2000, 1, 1, tzinfo=UTC)  # a study's content is routed once, however late its study.ready repeats
 
 
 @register("source", "inference")

@@ -156,7 +156,7 @@ class Worker:
         for job in await asyncio.to_thread(self.jobs.running):
             if job.id in self._tasks:
                 continue
-            if (job.lease_until and job.lease_until < now) or (job.holder and holder_dead(job.holder)):
+            if job.lease_until is None or job.lease_until < now or (job.holder and holder_dead(job.holder)):
                 found += await self._requeue(job, "engine stopped during the job", counted=True)
         return found
 
