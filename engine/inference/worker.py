@@ -20,14 +20,13 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
-from engine.inference.clients import build_client
-
 from engine.core.clock import utcnow
 from engine.core.errors import RadbridgeError, RetryableError
 from engine.core.ids import new_id
 from engine.correlation.keys import patient_key
 from engine.deid import DicomDeidentifier, reidentify_uids
 from engine.deid import method as deid_method
+from engine.inference.clients import build_client
 from engine.inference.config import InferenceConfig
 from engine.inference.inputs import JobInput, digest, stored_instances
 from engine.inference.jobs import JobRow, Jobs, backoff

@@ -23,8 +23,8 @@ from engine.dicom import read_header
 from engine.inference.jobs import Jobs
 from engine.runtime.context import Context, open_context
 from engine.runtime.engine import Engine
-from engine.security.tls import server_context
 from engine.security import keyring
+from engine.security.tls import server_context
 from engine.store.tables import AuditRow, Disclosure
 from tests import phi
 from tests.conftest import write_project

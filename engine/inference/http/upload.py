@@ -107,6 +107,7 @@ class UploadClient:
         }
         if self.config.result == "callback":
             headers["X-Radbridge-Callback-Id"] = study.job_id
+            headers["X-Radbridge-Callback-Token"] = self._registry.token(study.job_id)
         if self.config.mode == "multipart":
             return await self._http.request("POST", self._url, step="upload", body=body.stream, headers=headers)
         answer = await self._http.request(

@@ -225,7 +225,7 @@ class UploadServer:
     GET /results/{n}. Knobs: `result` (the JSON document answered, or raw bytes); `pending` (202s
     before a polled result is ready, None: never); `result_url_in` ("location" or "json");
     `result_url` (override the URL named); `deliver` (called in the server's thread after the
-    callback answer: deliver(job_id, result_bytes)); `stow_failures` (Failure Reason per failed
+    callback answer: deliver(job_id, result_bytes, token)); `stow_failures` (Failure Reason per failed
     instance); `stow_status` (force a status on STOW); `sync_status` (status of a /sync answer)."""
 
     def __init__(self, auth: Check | None = None) -> None:
@@ -234,7 +234,7 @@ class UploadServer:
         self.pending: int | None = 0
         self.result_url_in = "location"
         self.result_url: str | None = None
-        self.deliver: Callable[[str, bytes], object] | None = None
+        self.deliver: Callable[[str, bytes, str], object] | None = None
         self.delivered: list[object] = []  # what deliver returned or raised
         self.stow_failures: list[int] = []
         self.stow_status: int | None = None
@@ -274,7 +274,8 @@ class UploadServer:
         """The 'accepted, result later' answer: a result URL to poll, or a callback afterwards."""
         callback = request.headers.get("x-radbridge-callback-id")
         if callback is not None:
-            task = BackgroundTask(self._call_back, callback) if self.deliver else None
+            token = request.headers.get("x-radbridge-callback-token", "")
+            task = BackgroundTask(self._call_back, callback, token) if self.deliver else None
             return Response(json.dumps(document or {}), status, media_type=media_type, background=task)
         n = next(self._jobs)
         self._waiting[str(n)] = self.pending if self.pending is not None else -1
@@ -283,11 +284,11 @@ class UploadServer:
             return Response(json.dumps(document or {}), status, headers={"Location": url}, media_type=media_type)
         return JSONResponse({"result_url": url}, status)
 
-    async def _call_back(self, job_id: str) -> None:
+    async def _call_back(self, job_id: str, token: str) -> None:
         await asyncio.sleep(0.05)
         assert self.deliver is not None
         try:
-            self.delivered.append(self.deliver(job_id, self._result_bytes()))
+            self.delivered.append(self.deliver(job_id, self._result_bytes(), token))
         except Exception as exc:  # recorded for the test to assert on
             self.delivered.append(exc)
 

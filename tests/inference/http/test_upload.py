@@ -157,11 +157,16 @@ async def test_callback_delivered_in_the_same_loop(server: UploadServer, url: st
     while not server.received:
         await asyncio.sleep(0.01)
     assert registry.pending() == {"job-0042"}
-    delivered = registry.deliver("job-0042", json.dumps(RESULT).encode())
+    token = registry.token("job-0042")
+    assert server.received[0].headers["x-radbridge-callback-token"] == token
+    with pytest.raises(UnknownCallback):  # only the model that got the study can answer it
+        registry.deliver("job-0042", json.dumps(RESULT).encode(), "guessed-token")
+    assert registry.pending() == {"job-0042"}
+    delivered = registry.deliver("job-0042", json.dumps(RESULT).encode(), token)
     output = await job
     assert output is delivered
     with pytest.raises(UnknownCallback):  # a repeated callback finds no job waiting
-        registry.deliver("job-0042", json.dumps(RESULT).encode())
+        registry.deliver("job-0042", json.dumps(RESULT).encode(), token)
 
 
 async def test_callback_times_out_retryably(server: UploadServer, url: str) -> None:
@@ -170,7 +175,7 @@ async def test_callback_times_out_retryably(server: UploadServer, url: str) -> N
         await run(config(f"{url}/callback", result="callback", timeout_s=0.3), instances(1), registry)
     assert registry.pending() == set()
     with pytest.raises(UnknownCallback, match="^job job-0042: no result awaited$"):
-        registry.deliver("job-0042", json.dumps(RESULT).encode())
+        registry.deliver("job-0042", json.dumps(RESULT).encode(), "any")
 
 
 async def test_callback_with_garbage_fails_the_job(server: UploadServer, url: str) -> None:
