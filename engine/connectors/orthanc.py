@@ -22,7 +22,6 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.config.tls import ClientTls, HttpAuth
-
 from engine.core.component import ComponentContext, Inbound, Outcome, Sink
 from engine.core.registry import register
 from engine.dicom import Notification

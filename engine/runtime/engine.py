@@ -12,13 +12,13 @@ from zoneinfo import ZoneInfo
 from engine.config import LoadedChannel, Project
 from engine.core import registry
 from engine.core.component import ComponentContext, Source
+from engine.correlation.assembly import held_instances
 from engine.runtime.channel import Channel
 from engine.runtime.context import Context
 from engine.runtime.dedup import RecentMessages
 from engine.runtime.delivery import DeliveryWorker
 from engine.runtime.topics import TopicBus
 from engine.runtime.transforms import build_transform
-from engine.correlation.assembly import held_instances
 from engine.store.leases import Leases, holder_id
 from engine.store.state import ChannelState
 

@@ -35,20 +35,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydicom.dataset import Dataset
 from pydicom import uid as ts
+from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, _config, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from engine.connectors.dicom.retrieve_config import UID as _UID
+from engine.connectors.dicom.retrieve_config import RetrieveConfig
 from engine.core.component import ComponentContext, Delivered, Inbound, Outbound
 from engine.core.errors import PermanentError, RetryableError
 from engine.core.registry import register
 from engine.dicom import DicomHeaderError, part10, read_header
-from engine.connectors.dicom.retrieve_config import UID as _UID
-from engine.connectors.dicom.retrieve_config import RetrieveConfig
 from engine.security.tls import client_context, client_context_for
 
 log = logging.getLogger("radbridge.dicom.retrieve")
