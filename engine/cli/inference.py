@@ -212,3 +212,50 @@ def jobs_cancel(job_id: str, reason: str = REASON, root: Path = ROOT) -> None:
 def jobs_retry(job_id: str, reason: str = REASON, root: Path = ROOT) -> None:
     """Queue a dead or cancelled job again, with a fresh attempt count."""
     _change_job(job_id, root, "queued", reason)
+
+
+@app.command("deid")
+def deid(
+    in_dir: Path = typer.Argument(..., help="Folder of DICOM files (searched recursively)."),
+    out_dir: Path = typer.Argument(..., help="Where the de-identified files and deid-report.json go."),
+    profile: Path | None = typer.Option(None, help="De-identification profile (YAML); the basic profile if omitted."),
+    recipient: str = typer.Option("export", help="Who receives the files, for the accounting of disclosures."),
+    reason: str = typer.Option("research export", help="Purpose, recorded in the audit entry."),
+    root: Path = ROOT,
+) -> None:
+    """De-identify a folder (PS3.15 Annex E + options) for export; every action is in the report, and the
+    disclosure is recorded per patient (blind index). Pseudonyms are keyed by the project's keyring."""
+    from engine.core.clock import utcnow
+    from engine.core.ids import new_id
+    from engine.deid import deid_folder, load_profile
+    from engine.store.tables import Disclosure
+    from engine.store.writer import WriteItem
+
+    chosen = guard(lambda: load_profile(profile))
+    ctx = context(root)
+    try:
+        patients: dict[str, int] = {}
+
+        def seen(patient_id: str) -> None:
+            idx = ctx.index("mrn", patient_id)
+            patients[idx] = patients.get(idx, 0) + 1
+
+        key = ctx.keyring.derived_key(f"deid:{chosen.project}")
+        report = guard(lambda: deid_folder(in_dir, out_dir, chosen, key, chosen.project, patient=seen))
+        item = WriteItem()
+        now = utcnow()
+        for idx, files in patients.items():
+            row = {"id": new_id(), "patient_idx": idx, "recipient": recipient[:200], "purpose": reason[:64],
+                   "method": report.method, "study_id": None, "job_id": None, "items": files, "at": now}  # fmt: skip
+            item.inserts.append((Disclosure.__table__, row))
+        item.audit.append(ctx.audit.event(
+            "deid.exported", actor=actor(), purpose=reason,
+            detail={"files": len(report.files), "blocked": len(report.blocked), "skipped": len(report.skipped),
+                    "patients": len(patients), "method": report.method, "recipient": recipient,
+                    "project": chosen.project},
+        ))  # fmt: skip
+        ctx.writer.write(item)
+    finally:
+        ctx.close()
+    typer.echo(f"{len(report.files)} file(s) de-identified ({report.method}), {len(report.blocked)} blocked, "
+               f"{len(report.skipped)} skipped; report: {report.report_path}")  # fmt: skip

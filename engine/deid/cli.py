@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
-import yaml
 from pydicom.errors import InvalidDicomError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from engine.config.lint import validate
+from engine.config.yamlpos import parse_yaml
 from engine.core.errors import ConfigError, PermanentError
 from engine.deid.dicom import DicomDeidentifier
 from engine.deid.profile import DeidProfile
@@ -32,18 +34,23 @@ _DICOMDIR = "1.2.840.10008.1.3.10"
 
 def load_profile(path: Path | None) -> DeidProfile:
     """The profile in a YAML file (the DeidProfile fields at top level); the defaults when `path` is None.
-    Raises pydantic.ValidationError for invalid content."""
+    Raises ConfigError with one `file:line:col: message` per problem."""
     if path is None:
         return DeidProfile()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read the de-identification profile ({type(exc).__name__})") from exc
-    if data is None:
-        data = {}
+    doc, problems = parse_yaml(text, str(path))
+    if doc is None or problems:
+        raise ConfigError("\n".join(str(d) for d in problems))
+    data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a de-identification profile is a mapping of settings")
-    return DeidProfile.model_validate(data)
+        raise ConfigError(f"{path}:1:1: a de-identification profile is a mapping of settings")
+    profile, diagnostics = validate(DeidProfile, data, doc, str(path))
+    if profile is None:
+        raise ConfigError("\n".join(str(d) for d in diagnostics))
+    return profile
 
 
 def _hash(key: bytes, project: str, text: str) -> str:
@@ -51,9 +58,11 @@ def _hash(key: bytes, project: str, text: str) -> str:
 
 
 def deid_folder(
-    in_dir: Path, out_dir: Path, profile: DeidProfile, key: bytes, project: str, *, progress: bool = True
+    in_dir: Path, out_dir: Path, profile: DeidProfile, key: bytes, project: str, *, progress: bool = True,
+    patient: Callable[[str], None] | None = None,
 ) -> FolderReport:
-    """De-identify every DICOM file under `in_dir` into `out_dir`; `project` overrides `profile.project`."""
+    """De-identify every DICOM file under `in_dir` into `out_dir`; `project` overrides `profile.project`.
+    `patient` is told the original Patient ID of each file written (for the accounting of disclosures)."""
     if not in_dir.is_dir():
         raise PermanentError("input folder does not exist or is not a folder")
     if out_dir.resolve().is_relative_to(in_dir.resolve()):
@@ -69,7 +78,9 @@ def deid_folder(
         for index, path in enumerate(paths):
             rel = path.relative_to(in_dir)
             where = {"index": index, "path_hash": _hash(key, project, rel.as_posix())}
-            _one(deid, path, rel, out_dir, where, report, key, project)
+            written = _one(deid, path, rel, out_dir, where, report, key, project)
+            if written is not None and patient is not None:
+                patient(written)
             bar.advance(task)
     report.report_path = out_dir / REPORT_NAME
     report.report_path.write_text(json.dumps(report.to_json(profile), indent=2, sort_keys=False) + "\n")
@@ -85,29 +96,30 @@ def _one(
     report: FolderReport,
     key: bytes,
     project: str,
-) -> None:
+) -> str | None:
+    """De-identify one file; returns the original Patient ID when a file was written."""
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
         report.skipped.append({**where, "note": "not a DICOM Part 10 file"})
-        return
+        return None
     except Exception as exc:  # a damaged file must not stop the run: it is reported, never copied
         report.skipped.append({**where, "note": f"unreadable DICOM file ({type(exc).__name__})"})
-        return
+        return None
     if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == _DICOMDIR:
         report.skipped.append({**where, "note": "DICOMDIR skipped: it indexes the original file names"})
-        return
+        return None
     try:
         outcome = deid.apply(ds)
     except PermanentError as exc:
         report.blocked.append({**where, "reason": str(exc)})
-        return
+        return None
     except Exception as exc:  # unexpected content: blocked (never sent), the type is enough to investigate
         report.blocked.append({**where, "reason": f"de-identification failed ({type(exc).__name__})"})
-        return
+        return None
     if outcome.dataset is None:
         report.blocked.append({**where, "reason": outcome.blocked})
-        return
+        return None
     folder = out_dir.joinpath(*[f"d-{_hash(key, project, p.as_posix())}" for p in reversed(rel.parents[:-1])])
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{outcome.dataset.get('SOPInstanceUID', '') or _hash(key, project, rel.as_posix())}.dcm"
@@ -117,7 +129,7 @@ def _one(
     except Exception as exc:  # a half-written file would be an unchecked output: remove it
         target.unlink(missing_ok=True)
         report.blocked.append({**where, "reason": f"cannot be written ({type(exc).__name__})"})
-        return
+        return None
     report.uids.update(outcome.uids)
     report.files.append(
         {
@@ -127,3 +139,4 @@ def _one(
             "actions": [list(a) for a in outcome.actions],
         }
     )
+    return str(ds.get("PatientID", "") or "")
