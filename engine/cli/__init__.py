@@ -533,6 +533,3 @@ def studies_show(
         typer.echo(line)
 
 from engine.cli import inference as _inference  # noqa: E402,F401 - registers models, jobs, deid
-
-if __name__ == "__main__":
-    app()
