@@ -15,7 +15,7 @@ from engine import __version__
 from engine.audit.forward import AuditForwarder, forwarder_from_settings
 from engine.config import load_project
 from engine.connectors.http.asgi import Config, Server
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, RadbridgeError
 from engine.runtime.context import Context, record_config
 from engine.runtime.engine import Engine
 from engine.security.tls import server_context_for
@@ -25,6 +25,19 @@ from engine.web.app import create_app
 
 log = logging.getLogger("radbridge")
 ACTOR = "service:engine"
+
+
+def model_callback(job_id: str, body: bytes, token: str) -> int:
+    """A model's late result (upload models with `result: callback`) for the job awaiting it here."""
+    from engine.inference.http.callbacks import UnknownCallback, callbacks
+
+    try:
+        callbacks.deliver(job_id, body, token)
+    except UnknownCallback:
+        return 404
+    except RadbridgeError:
+        return 422
+    return 200
 
 
 def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
@@ -104,7 +117,7 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     scheduler.add_job(_retention, "cron", hour=3, minute=17, args=[ctx], id="retention", max_instances=1, coalesce=True)
     scheduler.start()
 
-    app = create_app(lambda: _ready(ctx))
+    app = create_app(lambda: _ready(ctx), model_callback)
     servers = []
     for listener in engine_cfg.listeners:
         tls = None

@@ -392,3 +392,43 @@ async def test_external_result_uids_map_back_to_the_hospitals(tmp_path: Path, st
     [finding] = result["result"]["findings"]
     assert set(finding["instance_uids"]) <= set(original_uids) and len(finding["instance_uids"]) == 2
     assert not set(finding["instance_uids"]) & set(seen)
+
+
+async def test_callback_result_arrives_through_the_engine_api(tmp_path: Path, store_url: str | None) -> None:
+    """A model that answers later posts to POST /inference/callbacks/{job} of the engine's API, with
+    the token its upload carried; a wrong token is refused like an unknown job."""
+    import httpx
+
+    from engine.runtime.serve import model_callback
+    from engine.web.app import create_app
+
+    upload = UploadServer()
+    upload.result = {"findings": [{"system": "http://snomed.info/sct", "code": "1386000",
+                                   "display": "Intracranial hemorrhage", "score": 0.97}]}  # fmt: skip
+    certs = make_certs(tmp_path / "tls")
+    with serve(create_app(lambda: (True, {}), model_callback)) as api, \
+            serve(upload.app(), server_context(str(certs.server_cert), str(certs.server_key))) as url:  # fmt: skip
+        refused = httpx.post(f"{api}/inference/callbacks/no-such-job", content=b"{}",
+                             headers={"X-Radbridge-Callback-Token": "guess"})  # fmt: skip
+        assert refused.status_code == 404
+
+        def post_back(job_id: str, body: bytes, token: str) -> int:
+            wrong = httpx.post(f"{api}/inference/callbacks/{job_id}", content=body,
+                               headers={"X-Radbridge-Callback-Token": token + "x"})  # fmt: skip
+            assert wrong.status_code == 404
+            return httpx.post(f"{api}/inference/callbacks/{job_id}", content=body,
+                              headers={"X-Radbridge-Callback-Token": token}).status_code  # fmt: skip
+
+        upload.deliver = post_back
+        model = upload_model(url + "/callback", certs.ca) + "\n      result: callback"
+        world = World(project(tmp_path / "p", store_url, model, "vendor-ct"))
+        await world.start()
+        try:
+            await world.order()
+            await world.study()
+            await world.until(lambda: len(world.results()) == 1)
+            [result] = world.results()
+        finally:
+            await world.stop()
+    assert upload.delivered == [200]
+    assert [f["code"] for f in result["result"]["findings"]] == ["1386000"]
