@@ -76,3 +76,23 @@ def test_dicom_doc_examples_lint_clean_and_commands_run(tmp_path: Path, monkeypa
     for args in commands:
         result = CliRunner().invoke(app, [*args, "--root", str(root)])
         assert result.exit_code == 0, (args, result.output)
+
+
+def test_inference_doc_example_lints_clean_and_commands_run(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from engine.runtime.lint import lint_all
+    from engine.security import keyring
+
+    monkeypatch.setenv("CXR_CLIENT_SECRET", "a-test-client-secret")
+    [example] = CHANNEL_BLOCK.findall((DOCS / "inference.md").read_text())
+    root = write_project(tmp_path / "p")
+    (root / "channels" / "example.yaml").write_text(example)
+    assert [str(d) for d in lint_all([], root)] == [], example
+    keyring.write_file(keyring.generate(dev=False), root / "keys" / "keyring.json")
+    commands = cli_examples("inference.md")
+    assert [c[:2] for c in commands] == [["jobs", "list"], ["models", "list"]]
+    outputs = []
+    for args in commands:
+        result = CliRunner().invoke(app, [*args, "--root", str(root)])
+        assert result.exit_code == 0, (args, result.output)
+        outputs.append(result.output)
+    assert "head-ct-hyperdensity 1.0.0 active" in outputs[1] and "chest-xray-triage 2024.3 shadow" in outputs[1]

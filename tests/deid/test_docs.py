@@ -17,6 +17,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from typer.testing import CliRunner
 
+from engine.core.errors import ConfigError
 from engine.deid import (
     BurnedInConfig,
     BurnedInDevice,
@@ -122,18 +123,20 @@ def test_profile_examples_load_and_state_their_method(tmp_path: Path) -> None:
 
 
 def test_invalid_profiles_are_refused_as_documented(tmp_path: Path) -> None:
-    from pydantic import ValidationError
-
-    path = tmp_path / "p.yaml"
+    path = tmp_path / "deid.yaml"
+    path.write_text("retain_uid: true\n")
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    example = re.search(r"e\.g\. `deid\.yaml:(.*?)`", DOC)
+    assert example is not None and str(info.value) == f"{path}:{example.group(1)}"
     for text, message in (
-        ("retain_uid: true\n", "retain_uid"),
         ("table_edition: '1999'\n", "unknown edition"),
         ("safe_private: [{creator: X, tag: '(0019,xx23)'}]\n", "retain_safe_private is off"),
         ("retain_safe_private: true\nsafe_private: [{creator: X, tag: '(0018,xx23)'}]\n", "odd"),
         ("burned_in: {rules: [{modality: US, regions: [[10, 0, 5, 8]]}]}\n", "0 <= x0 < x1"),
     ):
         path.write_text(text)
-        with pytest.raises(ValidationError, match=re.escape(message)):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             load_profile(path)
 
 
