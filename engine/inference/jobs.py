@@ -31,6 +31,7 @@ OPEN = ("queued", "running")
 class JobRow:
     id: str
     study_id: str
+    study_uid_idx: str | None
     content_hash: str
     model: str
     model_version: str
@@ -59,8 +60,9 @@ class JobRow:
 
 
 _COLS = [f.name for f in fields(JobRow)]
-_SET = [c for c in _COLS if c not in ("id", "study_id", "content_hash", "model", "model_version", "created_at",
-                                     "channel", "trigger", "request_message")]  # fmt: skip
+_FIXED = ("id", "study_id", "study_uid_idx", "content_hash", "model", "model_version", "created_at", "channel",
+          "trigger", "request_message")  # fmt: skip
+_SET = [c for c in _COLS if c not in _FIXED]
 _SAVE = (
     update(_jobs)
     .where(_jobs.c.id == bindparam("g_id"), _jobs.c.revision == bindparam("g_revision"))

@@ -120,7 +120,7 @@ class InferenceStage:
                 if state == "retired":
                     continue
                 job = JobRow(
-                    id=new_id(), study_id=study_id, content_hash=content, model=model.name,
+                    id=new_id(), study_id=study_id, study_uid_idx=uid_idx, content_hash=content, model=model.name,
                     model_version=model.version, state="queued", priority=RANK.get(str(study.get("priority")), 3),
                     attempts=0, due_at=now, holder=None, lease_until=None, channel=self.channel, trigger=r.trigger,
                     request_message=message_id, result_message=None, clinical=None, input_digest=None,
@@ -172,8 +172,12 @@ class InferenceStage:
                                            finished_at=utcnow(), error=reason))  # fmt: skip
         if job.state == "running":
             item.extend(self.jobs.free_slot(job))
-        item.audit.append(self._event("inference.cancelled", [job.id, job.study_id], model=job.model,
-                                      version=job.model_version, reason=reason, was=job.state))  # fmt: skip
+        item.audit.append(self.rt.audit.event(
+            "inference.cancelled", actor=self.actor, record_ids=[job.id, job.study_id],
+            indexes={"study_uid": job.study_uid_idx} if job.study_uid_idx else None,
+            detail={"channel": self.channel, "model": job.model, "version": job.model_version, "reason": reason,
+                    "was": job.state},
+        ))
         try:
             self.rt.writer.write(item)
         except Exception:  # noqa: BLE001 - StaleWrite: it completed or moved on; nothing to cancel

@@ -115,6 +115,7 @@ class Worker:
                **detail: Any) -> dict[str, Any]:  # fmt: skip
         return self.rt.audit.event(action, actor=self.actor, outcome=outcome,
                                    record_ids=[job.id, job.study_id, *also],
+                                   indexes={"study_uid": job.study_uid_idx} if job.study_uid_idx else None,
                                    detail={"channel": self.channel, "model": job.model, "version": job.model_version,
                                            "trigger": job.trigger, **detail})  # fmt: skip
 

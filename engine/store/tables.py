@@ -288,6 +288,7 @@ class InferenceJob(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=36)
     study_id: str = Field(max_length=36)
+    study_uid_idx: str | None = Field(default=None, max_length=64, description="Study Instance UID, blind index")
     content_hash: str = Field(max_length=64)
     model: str = Field(max_length=64)
     model_version: str = Field(max_length=64)

@@ -95,7 +95,7 @@ def test_jobs_retry_and_cancel(tmp_path: Path) -> None:
     ctx = open_context(root)
     now = utcnow()
     try:
-        job = JobRow(id="job-1", study_id="study-1", content_hash="c", model="head-ct-hyperdensity",
+        job = JobRow(id="job-1", study_id="study-1", study_uid_idx=None, content_hash="c", model="head-ct-hyperdensity",
                      model_version="1.0.0", state="dead", priority=3, attempts=3, due_at=None, holder=None,
                      lease_until=None, channel="inference", trigger="neuro/head-ct", request_message="m",
                      result_message=None, clinical=None, input_digest=None, output_digest=None,

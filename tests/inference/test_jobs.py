@@ -199,8 +199,18 @@ async def test_ready_study_runs_once_and_emits_one_audited_result(world: World, 
     assert findings == {"1386000": (0.95, True), "263204007": (0.6, False)}
     assert result["result"]["suggested_priority"] == "stat"
     assert len(kserve.requests) == 1 and kserve.requests[0]["inputs"][0]["shape"] == [1, 4, 8, 8]
+    assert world.ctx is not None
+    study_idx = world.ctx.index("study_uid", result["study_uid"])
     for action in ("inference.requested", "inference.started", "inference.completed"):
-        assert len(world.audit(action)) == 1, action
+        [entry] = world.audit(action)
+        assert json.loads(entry.indexes) == {"study_uid": study_idx}, action
+        assert job.id in json.loads(entry.record_ids) and job.study_id in json.loads(entry.record_ids)
+    [completed] = world.audit("inference.completed")
+    detail = world.ctx.audit.open_detail(completed.id, completed.detail)
+    assert (detail["model"], detail["version"], detail["trigger"], detail["channel"]) == (
+        "ich-ct", "1.2.0", "neuro/head-ct", "inference")
+    assert detail["input_digest"] == job.input_digest and detail["output_digest"] == job.output_digest
+    assert detail["ms"] >= 0 and detail["findings"] == 2 and detail["critical"] is True
     assert job.input_digest and len(job.input_digest) == 64 and job.output_digest and len(job.output_digest) == 64
     # the same study.ready again (a repeated notification) adds no job
     await world.order(event="changed")
@@ -432,3 +442,29 @@ async def test_callback_result_arrives_through_the_engine_api(tmp_path: Path, st
             await world.stop()
     assert upload.delivered == [200]
     assert [f["code"] for f in result["result"]["findings"]] == ["1386000"]
+
+
+async def test_external_oip_model_receives_no_phi(tmp_path: Path, store_url: str | None) -> None:
+    """The Open Inference Protocol variant: the tensor is made from the de-identified study and the
+    request names the job, never the patient."""
+    kserve = KServe(shape=[-1, 4, 8, 8], scores=[0.95, 0.3, 0.6])
+    certs = make_certs(tmp_path / "tls")
+    with serve(kserve.app(), server_context(str(certs.server_cert), str(certs.server_key))) as url:
+        model = oip_model(url).replace("      kind: oip\n", f"      kind: oip\n      external: true\n"
+                                                           f"      tls: {{ca: {certs.ca}}}\n")  # fmt: skip
+        world = World(project(tmp_path / "p", store_url, model, "ich-ct"))
+        await world.start()
+        try:
+            await world.order()
+            await world.study()
+            await world.until(lambda: len(world.results()) == 1)
+            assert world.ctx is not None
+            with world.ctx.db.connect() as conn:
+                [disclosure] = conn.execute(select(Disclosure.__table__)).all()
+        finally:
+            await world.stop()
+    sent = json.dumps(kserve.requests).encode()
+    for text in phi.STRINGS:
+        for form in phi.variants(text):
+            assert form not in sent, "fake PHI reached the external model"
+    assert disclosure.recipient == "ich-ct@1.2.0 127.0.0.1" and disclosure.items == 4

@@ -36,6 +36,7 @@ def upgrade() -> None:
         "inference_jobs",
         sa.Column("id", _s(36), nullable=False),
         sa.Column("study_id", _s(36), nullable=False),
+        sa.Column("study_uid_idx", _s(64), nullable=True),
         sa.Column("content_hash", _s(64), nullable=False),
         sa.Column("model", _s(64), nullable=False),
         sa.Column("model_version", _s(64), nullable=False),
