@@ -220,6 +220,12 @@ class DestinationRef(Strict):
         description="What this destination is sent: the mapping's output (the message as received when the "
         "channel has no mapping), or always the message as received (to pass HL7 through unchanged).",
     )
+    deidentify: str | None = Field(
+        None,
+        description="For a destination outside the hospital: HL7 v2 bodies are de-identified (HIPAA Safe Harbor "
+        "identifiers, docs/deidentification.md) before they leave, with this profile file (YAML, relative to the "
+        "project root), or `basic` for the default profile. The stored message keeps its original.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="The other keys, validated by the component's own Config model."
     )
@@ -227,7 +233,7 @@ class DestinationRef(Strict):
     @model_validator(mode="before")
     @classmethod
     def _park(cls, data: Any) -> Any:
-        return _split_options(data, ("name", "kind", "retry", "body"))
+        return _split_options(data, ("name", "kind", "retry", "body", "deidentify"))
 
 
 class StudyAssemblyConfig(Strict):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from engine.config.schema import RetryPolicy
 from engine.core.clock import utcnow
@@ -35,6 +36,7 @@ class DeliveryWorker:
         policy: RetryPolicy,
         body: str = "transformed",
         leases: Leases | None = None,
+        outgoing: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.ctx = ctx
         self.channel = channel
@@ -42,6 +44,7 @@ class DeliveryWorker:
         self.destination = destination
         self.policy = policy
         self.body = body
+        self.outgoing = outgoing  # e.g. HL7 de-identification for a destination outside the hospital
         self.queues = Queues(ctx.db)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -122,6 +125,8 @@ class DeliveryWorker:
         started = utcnow()
         response, error, status, next_at = None, None, "sent", None
         try:
+            if self.outgoing is not None:
+                body = await asyncio.to_thread(self.outgoing, body)
             delivered = await self.destination.send(Outbound(message_id, self.name, body, kind))
             response = delivered.response
         except RetryableError as exc:

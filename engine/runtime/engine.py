@@ -5,6 +5,7 @@ at a time: a changed channel is stopped and started again while the others keep 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -12,7 +13,9 @@ from zoneinfo import ZoneInfo
 from engine.config import LoadedChannel, Project
 from engine.core import registry
 from engine.core.component import ComponentContext, Source
+from engine.core.errors import PermanentError
 from engine.correlation.assembly import held_instances
+from engine.deid import deidentify_hl7, load_profile
 from engine.runtime.channel import Channel
 from engine.runtime.context import Context
 from engine.runtime.dedup import RecentMessages
@@ -64,7 +67,8 @@ class Engine:
         for ref, dest in zip(cfg.destinations, loaded.destinations, strict=True):
             destination = registry.build("destination", dest.kind, dest.config, cctx)
             workers.append(
-                DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body, self.leases)
+                DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body, self.leases,
+                               outgoing=self._deidentify(ref.deidentify))  # fmt: skip
             )
         transform = build_transform(loaded, project, self.ctx.index, self.ctx.db.dialect.name)
         source = registry.build("source", loaded.source_kind, loaded.source, cctx)
@@ -84,6 +88,21 @@ class Engine:
         if bind is not None:  # a built-in stage (correlation) works on the store itself
             bind(self.ctx, channel.destinations, channel.on_queued, self.leases, self._late_series)
         return Running(loaded, channel, source, workers)
+
+    def _deidentify(self, profile: str | None) -> Callable[[bytes], bytes] | None:
+        """The HL7 Safe Harbor step of a destination that leaves the hospital (None: sent as stored)."""
+        if profile is None:
+            return None
+        chosen = load_profile(None if profile == "basic" else self.ctx.project.root / profile)
+        key = self.ctx.keyring.derived_key(f"deid:{chosen.project}")
+
+        def deidentify(body: bytes) -> bytes:
+            if not body.startswith(b"MSH"):
+                raise PermanentError("de-identification applies to HL7 v2 messages only")
+            text = deidentify_hl7(body.decode("utf-8", "surrogateescape"), chosen, key)
+            return text.encode("utf-8", "surrogateescape")
+
+        return deidentify
 
     def _late_series(self, channel: str) -> str:
         for loaded in self.ctx.project.channels:
