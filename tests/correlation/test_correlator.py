@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +15,11 @@ import pytest
 from engine.core.component import Inbound
 from engine.correlation.repo import Repo
 from engine.dicom import read_header
-from engine.runtime.context import Context, open_context
-from engine.runtime.engine import Engine
 from engine.security import keyring
 from tests import phi
 from tests.conftest import write_project
 from tests.correlation.instances import instance
+from tests.world import EngineWorld
 
 QUIET = 0.3
 WAIT = 0.6
@@ -55,28 +54,7 @@ def _project(root: Path, store_url: str | None, *, then: str = "proceed", late: 
     return root
 
 
-class World:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ctx: Context | None = None
-        self.engine: Engine | None = None
-
-    async def start(self) -> None:
-        self.ctx = open_context(self.root)
-        self.engine = Engine(self.ctx)
-        await self.engine.start()
-
-    async def stop(self) -> None:
-        if self.engine is not None:
-            await self.engine.stop()
-        if self.ctx is not None:
-            self.ctx.close()
-        self.engine = self.ctx = None
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
+class World(EngineWorld):
     async def image(self, n: int, *, study: str = STUDY, series: int = 1, **kw: str) -> None:
         raw = instance(study, f"{study}.{series}", f"{study}.{series}.{n}", **kw)
         header = read_header(raw)
@@ -115,13 +93,6 @@ class World:
         assert self.ctx is not None
         [row] = Repo(self.ctx.db).studies()
         return row
-
-    async def until(self, check: Callable[[], bool], timeout: float = 8.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not check():
-            assert loop.time() < deadline, "condition not reached in time"
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -302,7 +273,7 @@ async def test_studies_cli_masks_phi_unless_asked_and_audits(world: World) -> No
     listed = runner.invoke(app, ["studies", "list", "--root", str(world.root)])
     assert listed.exit_code == 0 and f"{study_id} images ready instances=1" in listed.output
     shown = runner.invoke(app, ["studies", "show", study_id, "--root", str(world.root)])
-    assert shown.exit_code == 0 and "state: ready" in shown.output and f"order " in shown.output
+    assert shown.exit_code == 0 and "state: ready" in shown.output and "order " in shown.output
     assert phi.leaks_in_bytes(shown.output.encode()) == []
     unmasked = runner.invoke(app, ["studies", "show", study_id, "--phi", "--reason", "qa", "--root", str(world.root)])
     assert phi.MRN in unmasked.output and phi.ACCESSION in unmasked.output

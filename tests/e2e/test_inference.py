@@ -17,27 +17,14 @@ from engine.store.tables import AuditRow
 from tests import phi
 from tests.e2e.harness import free_port, make_project, start_engine, stop, wait_for
 from tests.e2e.test_imaging import PEER_ENV, _send_order
+from tests.e2e.test_imaging import _channels as imaging_channels
 from tests.inference.volumes import BLEED_5ML, head_ct
 
 
 def _channels(mllp: int, dicom: int) -> dict[str, str]:
+    channels = {k: v for k, v in imaging_channels(mllp, dicom, free_port()).items() if k != "notify.yaml"}
     return {
-        "orders.yaml": f"""\
-            name: orders
-            source: {{kind: mllp, host: 127.0.0.1, port: {mllp}, accept_types: [ORM^O01]}}
-            mapping: mappings/orm-to-order.yaml
-            destinations: [{{name: orders, kind: topic}}]
-            """,
-        "images.yaml": f"""\
-            name: images
-            source: {{kind: dicom, host: 127.0.0.1, port: {dicom}, ae_title: RADBRIDGE}}
-            study: {{quiet_s: 1}}
-            """,
-        "correlation.yaml": """\
-            name: correlation
-            source: {kind: correlation, sweep_s: 0.2, unmatched_study: {wait_s: 60}}
-            destinations: [{name: events, kind: topic, retry: {backoff_s: 0.2}}]
-            """,
+        **channels,
         "inference.yaml": """\
             name: inference
             source:
@@ -94,7 +81,8 @@ def test_order_and_head_ct_give_one_critical_audited_result(tmp_path: Path) -> N
     [volume] = [m for m in finding["measurements"] if m["name"] == "volume"]
     assert abs(volume["value"] - 5.0) <= 0.75
     assert set(finding["instance_uids"]) == set(series.slices_holding(BLEED_5ML))
-    assert result["result"]["suggested_priority"] == "stat" and "not a medical device" in result["result"]["disclaimer"].lower()
+    assert result["result"]["suggested_priority"] == "stat"
+    assert "not a medical device" in result["result"]["disclaimer"].lower()
     assert result["orders"][0]["accession"] == phi.ACCESSION  # sealed in the store, linked to its order
     ctx = open_context(root)
     try:

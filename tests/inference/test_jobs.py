@@ -21,8 +21,7 @@ from sqlalchemy import select
 from engine.core.component import Inbound
 from engine.dicom import read_header
 from engine.inference.jobs import Jobs
-from engine.runtime.context import Context, open_context
-from engine.runtime.engine import Engine
+from engine.runtime.context import open_context
 from engine.security import keyring
 from engine.security.tls import server_context
 from engine.store.tables import AuditRow, Disclosure
@@ -31,6 +30,7 @@ from tests.conftest import write_project
 from tests.inference.http.servers import KServe, UploadServer, serve
 from tests.inference.volumes import head_ct
 from tests.tlscerts import make_certs
+from tests.world import EngineWorld
 
 LABELS = """
       labels:
@@ -96,24 +96,7 @@ def project(root: Path, store_url: str | None, models: str, rule_models: str, ex
     return root
 
 
-class World:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ctx: Context | None = None
-        self.engine: Engine | None = None
-
-    async def start(self) -> None:
-        self.ctx = open_context(self.root)
-        self.engine = Engine(self.ctx)
-        await self.engine.start()
-
-    async def stop(self) -> None:
-        if self.engine is not None:
-            await self.engine.stop()
-        if self.ctx is not None:
-            self.ctx.close()
-        self.engine = self.ctx = None
-
+class World(EngineWorld):
     async def study(self, *, modality: str = "CT", slices: int = 4) -> list[bytes]:
         series = head_ct(slices=slices, size=16, pixel_mm=8.0, slice_mm=10.0, modality=modality, noise_hu=0.0)
         assert self.engine is not None
@@ -152,13 +135,6 @@ class World:
         assert self.ctx is not None
         with self.ctx.db.connect() as conn:
             return conn.execute(select(AuditRow).where(AuditRow.action == action)).all()
-
-    async def until(self, check: Callable[[], bool], timeout: float = 15.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not check():
-            assert loop.time() < deadline, "condition not reached in time"
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
