@@ -34,7 +34,7 @@ from engine.core.errors import ConfigError, PermanentError, RetryableError
 from engine.dicom import DicomHeaderError
 from engine.runtime.topics import TopicBus
 from tests import phi
-from tests.connectors.fakes import MemoryState, Recorder
+from tests.connectors.fakes import Recorder
 from tests.connectors.fakes import context as fake_context
 from tests.dicomdata import (
     COMPRESSED,

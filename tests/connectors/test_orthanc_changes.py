@@ -278,7 +278,7 @@ async def test_wrong_credentials_are_logged_and_audited_once(
     assert "wrong-password-77" not in caplog.text and "wrong-password-77" not in repr(rec.audits)
 
 
-async def test_bearer_token(orthanc_factory: Callable[..., Orthanc]) -> None:
+async def test_bearer_token(orthanc_factory: Callable[..., Orthanc]) -> None:  # noqa: F811 - the fixture
     server = orthanc_factory(stable_age=1, authentication=False, lua=[BEARER_FILTER])
     rec, state = Recorder(), MemoryState()
     cfg = config(base_url=server.base_url, auth={"bearer": TOKEN})

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from engine.core.component import Inbound
 from engine.runtime.context import open_context
+from engine.runtime.delivery import POLL_S
 from engine.runtime.engine import Engine
 from engine.store.tables import AuditRow
-from engine.runtime.delivery import POLL_S
 from tests.runtime.conftest import INBOXES, RECEIVED, SCRIPTS, running
 
 

@@ -87,7 +87,7 @@ class WebhookSource:
         self._networks = [n for n in map(allow_network, config.allow or []) if n is not None]
         self._router = Router([Route(config.path, self._notify, methods=["POST"])], redirect_slashes=False)
         self._sink: Sink | None = None
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.port: int | None = None  # the bound port, once started
 
