@@ -98,6 +98,20 @@ def _states(root: Path) -> list[str]:
         ctx.close()
 
 
+def storescu(port: int, instances: list[bytes], folder: Path) -> list[Path]:
+    """Send instances with dcmtk's storescu (Nagle off, as DESIGN asks of peers); returns the files."""
+    files = []
+    for n, raw in enumerate(instances):
+        files.append(folder / f"i{n}.dcm")
+        files[-1].write_bytes(raw)
+    done = subprocess.run(
+        ["storescu", "-aec", "RADBRIDGE", "127.0.0.1", str(port), *map(str, files)],
+        env=PEER_ENV, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-500:]
+    return files
+
+
 def _send_order(port: int) -> None:
     with MLLPClient("127.0.0.1", port) as client:
         ack = client.send_message(orm("E2E-ORDER-1", phi.ACCESSION).decode())
@@ -118,18 +132,10 @@ def test_order_by_mllp_then_images_by_storescu(tmp_path: Path, engine_env: None)
     mllp, dicom, webhook = free_port(), free_port(), free_port()
     root = make_project(tmp_path / "p", _channels(mllp, dicom, webhook))
     _, instances = make_study(3)
-    files = []
-    for n, raw in enumerate(instances):
-        files.append(tmp_path / f"i{n}.dcm")
-        files[-1].write_bytes(raw)
     proc = start_engine(root)
     try:
         _send_order(mllp)
-        done = subprocess.run(
-            ["storescu", "-aec", "RADBRIDGE", "127.0.0.1", str(dicom), *map(str, files)],
-            env=PEER_ENV, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-500:]
+        files = storescu(dicom, instances, tmp_path)
         wait_for(lambda: _ready(root), timeout=30)
         subprocess.run(["storescu", "-aec", "RADBRIDGE", "127.0.0.1", str(dicom), str(files[0])],
                        env=PEER_ENV, capture_output=True, timeout=60, check=True)  # a duplicate instance  # fmt: skip

@@ -6,7 +6,6 @@ emitted as inference.completed — every step audited, no fake PHI in clear on d
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,8 +15,8 @@ from engine.runtime.context import open_context
 from engine.store.tables import AuditRow
 from tests import phi
 from tests.e2e.harness import free_port, make_project, start_engine, stop, wait_for
-from tests.e2e.test_imaging import PEER_ENV, _send_order
 from tests.e2e.test_imaging import _channels as imaging_channels
+from tests.e2e.test_imaging import _send_order, storescu
 from tests.inference.volumes import BLEED_5ML, head_ct
 
 
@@ -48,10 +47,6 @@ def test_order_and_head_ct_give_one_critical_audited_result(tmp_path: Path) -> N
     mllp, dicom = free_port(), free_port()
     root = make_project(tmp_path / "p", _channels(mllp, dicom))
     series = head_ct(shapes=(BLEED_5ML,), seed=3)
-    files = []
-    for n, raw in enumerate(series.instances):
-        files.append(tmp_path / f"i{n}.dcm")
-        files[-1].write_bytes(raw)
 
     def results() -> list[dict]:
         ctx = open_context(root)
@@ -64,11 +59,7 @@ def test_order_and_head_ct_give_one_critical_audited_result(tmp_path: Path) -> N
     proc = start_engine(root)
     try:
         _send_order(mllp)
-        done = subprocess.run(
-            ["storescu", "-aec", "RADBRIDGE", "127.0.0.1", str(dicom), *map(str, files)],
-            env=PEER_ENV, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-500:]
+        storescu(dicom, series.instances, tmp_path)
         wait_for(results, timeout=60)
     finally:
         err = stop(proc)
@@ -89,7 +80,8 @@ def test_order_and_head_ct_give_one_critical_audited_result(tmp_path: Path) -> N
         [job] = Jobs(ctx.db).list()
         assert job.state == "completed" and job.attempts == 1 and job.trigger == "neuro/head-ct"
         with ctx.db.connect() as conn:
-            actions = [r.action for r in conn.execute(select(AuditRow.action).where(AuditRow.action.like("inference.%")))]
+            query = select(AuditRow.action).where(AuditRow.action.like("inference.%"))
+            actions = [r.action for r in conn.execute(query)]
     finally:
         ctx.close()
     assert sorted(actions) == ["inference.completed", "inference.requested", "inference.started"]
