@@ -23,7 +23,8 @@ from engine.security import keyring
 from engine.store.state import ChannelState
 from tests import phi
 from tests.conftest import write_project
-from tests.connectors.test_dicom_source import MemoryState, Recorder, context, no_phi_in_logs, running
+from tests.connectors.fakes import MemoryState, Recorder
+from tests.connectors.test_dicom_source import context, no_phi_in_logs, running
 
 __all__ = ["no_phi_in_logs"]  # the autouse fixture: every log line of these tests is free of fake PHI
 MPPS = ModalityPerformedProcedureStep
