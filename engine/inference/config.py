@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.core.result import Priority
 from engine.deid.profile import DeidProfile
 from engine.inference.models import ModelConfig
-from engine.inference.result import Priority
 
 
 class _Strict(BaseModel):

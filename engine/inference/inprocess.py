@@ -17,7 +17,7 @@ The plugin interface (the entry point names a class):
 
 `tensor` is the series prepared per the model's `preprocessing` (pixels.prepare) when it declares
 a window, spacing or shape, else None; `facts` then also holds "tensor_spacing_mm" ("z,y,x").
-`predict` returns the fields of engine.inference.result.Result ("model" and "version" may be
+`predict` returns the fields of engine.core.result.Result ("model" and "version" may be
 left out: they come from the configuration) plus an optional "raw" (bytes, str or JSON-able: the
 model's own answer, kept sealed; the validated Result's JSON when absent).
 
@@ -42,9 +42,9 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from engine.core.errors import ConfigError, PermanentError, RadbridgeError, RetryableError
+from engine.core.result import Result
 from engine.inference.models import ModelOutput, Preprocessing, PythonModel, StudyInput
 from engine.inference.pixels import load_series, prepare_with_spacing
-from engine.inference.result import Result
 
 GROUP = "radbridge.models"
 CLOSE_GRACE_S = 10.0  # close() lets running jobs finish this long before stopping the workers

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from engine.config.tls import ClientTls
-from engine.inference.result import Result
+from engine.core.result import Result
 
 
 class _Strict(BaseModel):

@@ -39,10 +39,10 @@ import numpy as np
 from scipy import ndimage
 
 from engine.core.errors import ConfigError, PermanentError
+from engine.core.result import Finding, Measurement, Priority, Result
 from engine.inference.inprocess import ProcessModelRunner
 from engine.inference.models import BuiltinModel, ModelOutput, StudyInput
 from engine.inference.pixels import Volume, load_series
-from engine.inference.result import Finding, Measurement, Priority, Result
 
 NAME = "head-ct-hyperdensity"
 VERSION = "1.0.0"

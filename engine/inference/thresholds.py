@@ -6,8 +6,8 @@ audited, so a finding's `critical` flag is always recomputed here, whatever the 
 
 from __future__ import annotations
 
+from engine.core.result import Finding, Result, higher
 from engine.inference.models import Threshold
-from engine.inference.result import Finding, Result, higher
 
 
 def apply_thresholds(result: Result, thresholds: dict[str, Threshold]) -> Result:

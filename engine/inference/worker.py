@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from engine.core.clock import utcnow
 from engine.core.errors import RadbridgeError, RetryableError
 from engine.core.ids import new_id
+from engine.core.result import Result
 from engine.correlation.keys import patient_key
 from engine.deid import DicomDeidentifier, reidentify_uids
 from engine.deid import method as deid_method
@@ -32,8 +33,8 @@ from engine.inference.inputs import JobInput, digest, stored_instances
 from engine.inference.jobs import JobRow, Jobs, backoff
 from engine.inference.models import ModelClient, ModelConfig, StudyInput
 from engine.inference.registry import Registry, effective_thresholds
-from engine.inference.result import Result
 from engine.inference.thresholds import apply_thresholds
+from engine.mapping.records import InferenceResult
 from engine.store.leases import holder_dead
 from engine.store.tables import Disclosure
 from engine.store.writer import StaleWrite, WriteItem
@@ -261,7 +262,8 @@ class Worker:
             "critical": any(f.critical for f in result.findings), "result": result.model_dump(mode="json"),
             "completed_at": utcnow().isoformat(),
         }  # fmt: skip
-        body = json.dumps({"type": "result", "topic": topic, "fields": fields}, sort_keys=True, separators=(",", ":"))
+        record = InferenceResult.model_validate(fields).model_dump(mode="json", exclude_none=True)
+        body = json.dumps({"type": "result", "topic": topic, "fields": record}, sort_keys=True, separators=(",", ":"))
         destinations = self.destinations if (clinical or self.config.emit_shadow) else []
         parts = {"model-output": raw}
         if inp.crosswalk:

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MODELS", "Order", "PatientEvent", "Record", "field_names"]
+from engine.core.result import Result
+
+__all__ = ["MODELS", "InferenceResult", "Order", "OrderRef", "PatientEvent", "Record", "field_names"]
 
 
 class _Canonical(BaseModel):
@@ -74,7 +76,53 @@ class PatientEvent(_Canonical):
     sending_facility: str | None = Field(None, description="Sending facility (MSH-4).")
 
 
-MODELS: dict[str, type[_Canonical]] = {"order": Order, "patient": PatientEvent}
+class OrderRef(_Canonical):
+    """An order a result belongs to, as correlation matched it (study.ready `orders`)."""
+
+    order_id: str = Field(description="The engine's order record id.")
+    accession: str | None = None
+    accession_issuer: str | None = None
+    placer_number: str | None = None
+    filler_number: str | None = None
+    requested_procedure_id: str | None = None
+    priority: Literal["routine", "urgent", "asap", "stat"] | None = None
+    procedure_code: str | None = None
+    procedure_text: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    reason: str | None = None
+    ordering_provider: str | None = None
+
+
+class InferenceResult(_Canonical):
+    """An AI result as the inference stage emits it (topic inference.completed): the canonical
+    result with the study, its orders and the patient, for the result mappings (ORU, FHIR, SR)."""
+
+    job_id: str = Field(description="The inference job that produced it.")
+    study_id: str = Field(description="The engine's study record id.")
+    study_uid: str | None = Field(None, description="Study Instance UID.")
+    accessions: list[str] = Field(default_factory=list, description="Accession numbers of the study.")
+    orders: list[OrderRef] = Field(default_factory=list, description="The orders the study was matched to.")
+    patient_id: str | None = None
+    patient_id_issuer: str | None = None
+    patient_name: str | None = Field(None, description="Family^Given^Middle.")
+    birth_date: str | None = Field(None, description="As the order or image gave it (YYYYMMDD or ISO 8601).")
+    sex: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    procedure_code: str | None = None
+    procedure_text: str | None = None
+    priority: Literal["routine", "urgent", "asap", "stat"] | None = Field(None, description="The order priority.")
+    model: str = Field(description="Model name.")
+    version: str = Field(description="Model version.")
+    trigger: str = Field(description="Rule set/rule that chose the model.")
+    clinical: bool = Field(description="Released (active model version); False for a shadow result.")
+    critical: bool = Field(description="Some finding is at or above its critical threshold.")
+    result: Result = Field(description="Findings, scores, measurements, summary, suggested priority.")
+    completed_at: datetime = Field(description="When the result was recorded.")
+
+
+MODELS: dict[str, type[_Canonical]] = {"order": Order, "patient": PatientEvent, "result": InferenceResult}
 """Record type name (a mapping's `to:` / `from:`) -> model."""
 
 # '"name":' for every canonical field, written once (to_json's keys are almost always these).

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from engine.core.errors import ConfigError, PermanentError, RetryableError
+from engine.core.result import Result
 from engine.inference.inprocess import ProcessModelRunner, PythonModelClient, output_of
 from engine.inference.models import Preprocessing, PythonModel, StudyInput, Window
-from engine.inference.result import Result
 from tests.inference.volumes import head_ct
 from tests.phi import MRN, NAME_FAMILY, leaks_in_bytes
 

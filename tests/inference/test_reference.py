@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.core.errors import ConfigError, PermanentError
+from engine.core.result import Result
 from engine.inference.models import BuiltinModel, Preprocessing, StudyInput, Threshold
 from engine.inference.pixels import Volume, load_series
 from engine.inference.reference import (
@@ -26,7 +27,6 @@ from engine.inference.reference import (
     detect,
     score_of,
 )
-from engine.inference.result import Result
 from tests.inference.volumes import BLEED_5ML, CALCIFICATION, SMALL_BLOB, Sphere, SyntheticSeries, head_ct
 from tests.phi import leaks_in_bytes
 

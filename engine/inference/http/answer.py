@@ -33,8 +33,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.core.errors import PermanentError
+from engine.core.result import Result
 from engine.inference.models import UploadModel
-from engine.inference.result import Result
 from engine.inference.thresholds import apply_thresholds, summarize
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")

@@ -25,10 +25,10 @@ from typing import Any
 import numpy
 
 from engine.core.errors import PermanentError, RetryableError
+from engine.core.result import Finding, Result
 from engine.inference.http.answer import garbage, load_json
 from engine.inference.http.transport import ModelHttp
 from engine.inference.models import ModelOutput, OipModel, Preprocessing, StudyInput
-from engine.inference.result import Finding, Result
 from engine.inference.thresholds import apply_thresholds, summarize
 
 DATATYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int16": "INT16"}

@@ -3,8 +3,8 @@ model client) turn scores into reported and critical findings and a suggested pr
 
 from __future__ import annotations
 
+from engine.core.result import Finding, Result
 from engine.inference.models import Threshold
-from engine.inference.result import Finding, Result
 from engine.inference.thresholds import apply_thresholds, summarize
 
 
