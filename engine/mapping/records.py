@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.result import Result
 
-__all__ = ["MODELS", "InferenceResult", "Order", "OrderRef", "PatientEvent", "Record", "field_names"]
+__all__ = ["MODELS", "InferenceResult", "Order", "OrderRef", "PatientEvent", "PriorityUpdate", "Record", "field_names"]
 
 
 class _Canonical(BaseModel):
@@ -120,9 +120,39 @@ class InferenceResult(_Canonical):
     critical: bool = Field(description="Some finding is at or above its critical threshold.")
     result: Result = Field(description="Findings, scores, measurements, summary, suggested priority.")
     completed_at: datetime = Field(description="When the result was recorded.")
+    status: Literal["preliminary", "corrected", "withdrawn"] = Field(
+        "preliminary",
+        description="preliminary (AI output, unverified); corrected (replaces the report sent before: a late "
+        "series changed the study); withdrawn (the order was cancelled or the model version recalled).",
+    )
+    report_id: str | None = Field(
+        None, description="Stable id of the AI report (study + model): a correction or withdrawal names the same one."
+    )
+    revision: int = Field(1, ge=1, description="1 for the first report, then one more per correction/withdrawal.")
 
 
-MODELS: dict[str, type[_Canonical]] = {"order": Order, "patient": PatientEvent, "result": InferenceResult}
+class PriorityUpdate(_Canonical):
+    """A worklist priority raised by an AI result (to the RIS as ORM XO / OMI, to FHIR as ServiceRequest)."""
+
+    update_id: str = Field(description="Unique per (study, level): an update is sent at most once per level.")
+    study_id: str
+    study_uid: str | None = None
+    orders: list[OrderRef] = Field(default_factory=list, description="The orders whose priority is raised.")
+    patient_id: str | None = None
+    patient_id_issuer: str | None = None
+    patient_name: str | None = None
+    priority: Literal["routine", "urgent", "asap", "stat"] = Field(description="The new priority.")
+    previous_priority: Literal["routine", "urgent", "asap", "stat"] = Field(description="The latest known one.")
+    reason: str = Field(description="Why, in words: finding, score, model and version (no patient data).")
+    job_id: str = Field(description="The inference job whose result raised it.")
+    model: str
+    version: str
+    raised_at: datetime
+
+
+MODELS: dict[str, type[_Canonical]] = {
+    "order": Order, "patient": PatientEvent, "result": InferenceResult, "priority_update": PriorityUpdate,
+}  # fmt: skip
 """Record type name (a mapping's `to:` / `from:`) -> model."""
 
 # '"name":' for every canonical field, written once (to_json's keys are almost always these).
