@@ -75,6 +75,12 @@ def models_retire(name: str, version: str, reason: str = REASON, root: Path = RO
     _set_state(name, version, "retired", reason, None, root)
 
 
+@models_app.command("recall")
+def models_recall(name: str, version: str, reason: str = REASON, root: Path = ROOT) -> None:
+    """Stop routing to a version and withdraw every report it produced (ORU W, FHIR entered-in-error, SR)."""
+    _set_state(name, version, "recalled", reason, None, root)
+
+
 @models_app.command("rollback")
 def models_rollback(
     name: str, to: str = typer.Option(..., "--to", help="Version to make active again."), reason: str = REASON,

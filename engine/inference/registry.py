@@ -1,5 +1,6 @@
 """Model governance: every declared model version has a state in the store — shadow (results
-stored, visible to admins, never clinical), active (clinical output) or retired (no new jobs).
+stored, visible to admins, never clinical), active (clinical output), retired (no new jobs) or
+recalled (no new jobs, and every report it produced is withdrawn from the systems it reached).
 New versions start in shadow unless their declaration says otherwise. Activation, rollback,
 retirement and threshold changes are audited with who, why and the version's evidence link."""
 
@@ -17,7 +18,7 @@ from engine.inference.models import ModelConfig, Threshold
 from engine.store.tables import ModelVersion
 from engine.store.writer import WriteItem
 
-State = Literal["shadow", "active", "retired"]
+State = Literal["shadow", "active", "retired", "recalled"]
 _versions = ModelVersion.__table__
 
 
@@ -105,7 +106,8 @@ class Registry:
         values: dict[str, Any] = {"state": state}
         if evidence:
             values["evidence"] = evidence
-        item = self._change(row, f"model.{ {'active': 'activated', 'shadow': 'shadowed', 'retired': 'retired'}[state]}",
+        actions = {"active": "activated", "shadow": "shadowed", "retired": "retired", "recalled": "recalled"}
+        item = self._change(row, f"model.{actions[state]}",
                             actor, reason, values, {"from": row.state, "to": state})  # fmt: skip
         if state == "active":
             for other in self.all():

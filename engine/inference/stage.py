@@ -117,7 +117,7 @@ class InferenceStage:
         for r in routes:
             for model in self.config.versions(r.model):
                 state = states.get((model.name, model.version), model.initial_state)
-                if state == "retired":
+                if state in ("retired", "recalled"):
                     continue
                 job = JobRow(
                     id=new_id(), study_id=study_id, study_uid_idx=uid_idx, content_hash=content, model=model.name,

@@ -330,4 +330,42 @@ class Disclosure(SQLModel, table=True):
     at: datetime
 
 
+
+class AiReport(SQLModel, table=True):
+    """One AI report (a study's result from one model) and its lifecycle across the outputs:
+    preliminary, corrected (new content or version), withdrawn (order cancelled, version recalled)."""
+
+    __tablename__ = "ai_reports"
+    __table_args__ = (Index("ix_ai_reports_study", "study_id"), _NO_ROWID)
+
+    report_id: str = Field(primary_key=True, max_length=120, description="study id/model")
+    study_id: str = Field(max_length=36)
+    model: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    job_id: str = Field(max_length=36, description="the job whose result is the current revision")
+    status: str = Field(max_length=16, description="preliminary corrected withdrawn")
+    revision: int
+    message_id: str = Field(max_length=36, description="the record of the current revision (sealed)")
+    critical: bool
+    final_message: str | None = Field(default=None, max_length=36, description="the radiologist's final report")
+    final_status: str | None = Field(default=None, max_length=8, description="its OBR-25")
+    row_version: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class PriorityRaise(SQLModel, table=True):
+    """A worklist priority the engine raised: at most one per study and level."""
+
+    __tablename__ = "priority_raises"
+    __table_args__ = (_NO_ROWID,)
+
+    study_id: str = Field(primary_key=True, max_length=36)
+    level: str = Field(primary_key=True, max_length=16)
+    update_id: str = Field(max_length=64)
+    job_id: str = Field(max_length=36)
+    message_id: str = Field(max_length=36)
+    raised_at: datetime
+
+
 metadata = SQLModel.metadata

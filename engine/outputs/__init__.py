@@ -1,0 +1,1 @@
+"""Result delivery: the outputs stage (AI report lifecycle, release, worklist priorities)."""
