@@ -73,7 +73,8 @@ async def world(tmp_path: Path, store_url: str | None, kserve: KServe,
         root = project(tmp_path / "p", store_url, oip_model(url, **options), "ich-ct")
         (root / "channels" / "outputs.yaml").write_text(OUTPUTS)
         for name, topic in (("results-watch", "result.*"), ("worklist-watch", "worklist.*")):
-            (root / "channels" / f"{name}.yaml").write_text(f"name: {name}\nsource: {{kind: topic, topic: '{topic}'}}\n")
+            text = f"name: {name}\nsource: {{kind: topic, topic: '{topic}'}}\n"
+            (root / "channels" / f"{name}.yaml").write_text(text)
         w = Outputs(root)
         await w.start()
         yield w
