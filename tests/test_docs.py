@@ -96,3 +96,18 @@ def test_inference_doc_example_lints_clean_and_commands_run(tmp_path: Path, monk
         assert result.exit_code == 0, (args, result.output)
         outputs.append(result.output)
     assert "head-ct-hyperdensity 1.0.0 active" in outputs[1] and "chest-xray-triage 2024.3 shadow" in outputs[1]
+
+
+def test_outputs_doc_examples_lint_clean(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from engine.runtime.lint import lint_all
+
+    monkeypatch.setenv("FHIR_CLIENT_SECRET", "a-test-client-secret")
+    examples = CHANNEL_BLOCK.findall((DOCS / "outputs.md").read_text())
+    assert examples
+    for n, text in enumerate(examples):
+        root = write_project(tmp_path / f"p{n}")
+        shutil.copytree(DOCS.parent / "mappings", root / "mappings", dirs_exist_ok=True)
+        (root / "channels" / "example.yaml").write_text(text)
+        assert [str(d) for d in lint_all([], root)] == [], text

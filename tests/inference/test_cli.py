@@ -74,6 +74,9 @@ def test_governance_lifecycle(tmp_path: Path) -> None:
     assert audit(root, "model.rolled_back")[0]["detail"]["reason"] == "false positives"
     cli(root, "models", "retire", "head-ct-hyperdensity", "0.9.0", "--reason", "superseded")
     assert states(root)["0.9.0"] == "retired"
+    cli(root, "models", "recall", "head-ct-hyperdensity", "1.0.0", "--reason", "field safety notice FSN-7")
+    assert states(root)["1.0.0"] == "recalled"  # no new jobs; its reports are withdrawn (tests/outputs)
+    assert audit(root, "model.recalled")[0]["detail"]["reason"] == "field safety notice FSN-7"
 
 
 def test_threshold_change_is_audited_with_before_and_after(tmp_path: Path) -> None:
