@@ -336,12 +336,23 @@ class FieldRule(Strict):
     when: Condition | None = Field(
         None, description="Apply the rule only when this test holds; otherwise the field is left out."
     )
+    seq: str | None = Field(
+        None,
+        description="For `to: hl7v2`, a number instead of a value: `segment` numbers the segment among the "
+        "message's segments of its id (a Set ID: 1, 2, 3...); a list path (`result.result.findings`) gives the "
+        "number of the current item of the group over that list.",
+    )
+    join: str | None = Field(
+        None,
+        description="For `from: hl7v2`: read every value the `[*]` paths give (each occurrence and repetition) "
+        "and join them with this text, e.g. a newline for report lines.",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _constant(cls, data: Any) -> Any:
-        # `value:` stands in for `from:`; without either, pydantic reports "missing required key 'from'".
-        if isinstance(data, dict) and "value" in data and "from" not in data:
+        # `value:` / `seq:` stand in for `from:`; without any, pydantic reports "missing required key 'from'".
+        if isinstance(data, dict) and ("value" in data or "seq" in data) and "from" not in data:
             return {**data, "from": None}
         return data
 
@@ -364,15 +375,41 @@ class FieldRule(Strict):
 
     @model_validator(mode="after")
     def _source(self) -> FieldRule:
-        if self.from_ is not None and self.value is not None:
-            raise invalid("takes either 'from' or 'value', not both")
-        if self.from_ is None and self.value is None:
+        given = [k for k, v in (("from", self.from_), ("value", self.value), ("seq", self.seq)) if v is not None]
+        if len(given) > 1:
+            raise invalid(f"takes either '{given[0]}' or '{given[1]}', not both")
+        if not given:
             raise invalid("needs 'from' (paths) or 'value' (a constant)")
         return self
 
 
+class NestedGroup(Strict):
+    """A group inside a group (`to: hl7v2`); groups nest one level deep."""
+
+    each: str | None = Field(
+        None,
+        description="A record list path (e.g. `result.result.findings[*].measurements`): the group's segments "
+        "are written once per item. Absent: once.",
+    )
+    fields: dict[str, FieldRule] = Field(description="HL7 path -> rule, for the segments this group writes.")
+
+
+class SegmentGroup(Strict):
+    """Segments written after the mapping's own `fields`, once per item of a record list (`to: hl7v2`)."""
+
+    each: str | None = Field(
+        None,
+        description="A record list path (e.g. `result.result.findings`): the group's segments are written once "
+        "per item, and `[*]` in its paths reads that item. Absent: once.",
+    )
+    fields: dict[str, FieldRule] = Field(description="HL7 path -> rule, for the segments this group writes.")
+    groups: list[NestedGroup] = Field(
+        default_factory=list, description="Groups written after this group's own segments, for each of its items."
+    )
+
+
 class MappingFile(Strict):
-    from_: Literal["hl7v2", "dicom", "fhir", "order", "study", "result", "patient"] = Field(
+    from_: Literal["hl7v2", "dicom", "fhir", "order", "study", "result", "patient", "priority_update"] = Field(
         alias="from", description="What the mapping reads: a message format or a canonical record."
     )
     to: str = Field(description="What the mapping produces: a record type (order, patient) or hl7v2.")
@@ -401,6 +438,16 @@ class MappingFile(Strict):
     tables: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description='Named code tables used by `map:`, each code -> value; code "*" is the fallback.',
+    )
+    groups: list[SegmentGroup] = Field(
+        default_factory=list,
+        description="For `to: hl7v2`: segments repeated per item of a record list, written after `fields`.",
+    )
+    validate_: bool = Field(
+        False,
+        alias="validate",
+        description="For `to: hl7v2`: check each built message against its HL7 version's message structure "
+        "(hl7apy) before it leaves; a message that does not fit is a permanent error.",
     )
 
     @field_validator("accept", mode="before")

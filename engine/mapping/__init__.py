@@ -13,12 +13,13 @@ from engine.mapping.compiler import compile_checked, compile_mapping
 from engine.mapping.errors import MappingError, MappingRefused
 from engine.mapping.functions import FUNCTIONS
 from engine.mapping.lint import check_mapping_text, lint_mapping_file, load_mapping
-from engine.mapping.records import MODELS, Order, PatientEvent, Record
+from engine.mapping.records import MODELS, FinalReport, Order, PatientEvent, Record
 
 __all__ = [
     "FUNCTIONS",
     "MODELS",
     "CompiledMapping",
+    "FinalReport",
     "MappingError",
     "MappingRefused",
     "Order",

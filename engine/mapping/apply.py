@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections import Counter
@@ -18,9 +19,11 @@ from engine.hl7v2.ack import ErrorCode as E  # HL7 table 0357
 from engine.hl7v2.er7 import Message, Segment
 from engine.hl7v2.escape import DEFAULT_DELIMITERS
 from engine.hl7v2.path import ALL, Path
+from engine.hl7v2.validate import validate_structure
 from engine.mapping.errors import MappingError, MappingRefused
 from engine.mapping.functions import StrFn, TableMiss, format_hl7, lookup
-from engine.mapping.outbound import SegmentKey, build_er7
+from engine.mapping.outbound import Block, build_er7
+from engine.mapping.recordpath import RecordPath, read_record
 from engine.mapping.records import Record
 
 __all__ = ["CompiledMapping", "Rule", "Source", "When"]
@@ -31,11 +34,11 @@ Index = dict[str, list[Segment]]
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One path: `hl7` for HL7 sources, `field` (a record field name) for record sources."""
+    """One path: `hl7` for HL7 sources, `record` for record sources."""
 
     text: str
     hl7: Path | None = None
-    field: str | None = None
+    record: RecordPath | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,9 @@ class Rule:
     conv: Callable[[Any, tzinfo], Any] | None = None
     when: When | None = None
     target: Path | None = None  # `to: hl7v2`: where the value is written
+    seq: int | None = None  # `to: hl7v2`: outbound.SEGMENT, or the level of the group whose item number is meant
+    join: str | None = None  # read every value the [*] paths give and join them with this
+    per_occurrence: bool = False  # `when` tests each occurrence of the segment the [*] paths read
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -103,6 +109,27 @@ class _Hl7Context:
             return None
         return _read_segs(p, segs)[0]  # type: ignore[arg-type]
 
+    def read_many(self, src: Source, when: When | None, tz: tzinfo, first: bool) -> list[str]:
+        """Values of a path over the occurrences it names that pass `when` (tested on each occurrence's
+        own field): the first one (`first`), or all, every repetition unless the path fixes one."""
+        p: Path = src.hl7  # type: ignore[assignment]
+        segs = self.group.get(p.segment) or self.header.get(p.segment)
+        if not segs:
+            return []
+        occ = p.occurrence
+        chosen = segs if occ == ALL else segs[(occ or 1) - 1 : (occ or 1)]
+        out: list[str] = []
+        for seg in chosen:
+            if when is not None and not _test(when, seg.get(when.source.hl7), tz):  # type: ignore[arg-type]
+                continue
+            if first:
+                v = seg.get(p)
+                if v is not None:
+                    return [v]
+            else:
+                out += seg.get_all(p)
+        return out
+
     def locate(self, src: Source) -> tuple[str | None, int | None, int | None]:
         p = src.hl7
         if p is None:
@@ -116,14 +143,19 @@ class _Hl7Context:
 
 
 class _RecordContext:
-    __slots__ = ("d", "fields")
+    """A record's view for a rule: its fields, and for `to: hl7v2` groups the current item of each
+    enclosing `each` group and its 0-based number (stacks the builder pushes and pops)."""
 
-    def __init__(self, fields: Mapping[str, Any]) -> None:
+    __slots__ = ("d", "fields", "index", "items")
+
+    def __init__(self, fields: Mapping[str, Any], items: list[Any] | None = None, index: list[int] | None = None):
         self.fields = fields
+        self.items = items if items is not None else []
+        self.index = index if index is not None else []
         self.d = DEFAULT_DELIMITERS
 
     def read(self, src: Source) -> Any:
-        v = self.fields.get(src.field)  # type: ignore[arg-type]
+        v = read_record(src.record, self.fields, self.items)  # type: ignore[arg-type]
         return None if v is None or v == "" else v
 
     def locate(self, src: Source) -> tuple[str | None, int | None, int | None]:
@@ -298,8 +330,8 @@ class CompiledMapping:
     model: type[BaseModel] | None = None  # target record model; None for hl7v2
     each: str | None = None
     accept: Mapping[str, frozenset[str] | None] = field(default_factory=dict)  # code -> triggers (None: any)
-    segment_order: tuple[SegmentKey, ...] = ()  # `to: hl7v2`
-    template: tuple[tuple[Path, str], ...] = ()  # `to: hl7v2`
+    block: Block | None = None  # `to: hl7v2`: the segments, their rules and groups
+    validate: bool = False  # `to: hl7v2`: check the built message's structure (hl7apy)
 
     def __post_init__(self) -> None:
         fast = None
@@ -325,7 +357,7 @@ class CompiledMapping:
             fields = message.fields if isinstance(message, Record) else message
             contexts = [_RecordContext(fields)]
         if self.target == "hl7v2":
-            return [Record("hl7v2", None, {"er7": self._build(contexts[0], site_tz, None, None)})]
+            return [Record("hl7v2", None, {"er7": self._build(contexts[0].fields, site_tz, None, None)})]  # type: ignore[union-attr]
         return [self._record(ctx, site_tz, n if self.each else None) for n, ctx in enumerate(contexts, 1)]
 
     def build(
@@ -336,11 +368,13 @@ class CompiledMapping:
         control_id: str | None = None,
         now: datetime | None = None,
     ) -> str:
-        """`to: hl7v2` only: the ER7 text (segments separated by CR) for one record."""
+        """`to: hl7v2` only: the ER7 text (segments separated by CR) for one record. `control_id`
+        and `now` fill MSH-10 and MSH-7 when the mapping does not (tests pin them for golden files).
+        With `validate: true` the message is checked against its structure first (MappingError)."""
         if self.target != "hl7v2":
             raise TypeError(f"mapping {self.name} produces {self.target} records, not hl7v2")
         fields = record.fields if isinstance(record, Record) else record
-        return self._build(_RecordContext(fields), site_tz, control_id, now)
+        return self._build(fields, site_tz, control_id, now)
 
     # -- internals
 
@@ -407,11 +441,15 @@ class CompiledMapping:
 
     def _value(self, rule: Rule, ctx: Context, tz: tzinfo, group: int | None) -> Any:
         when = rule.when
-        if when is not None and not _holds(when, ctx, tz):
+        if when is not None and not rule.per_occurrence and not _holds(when, ctx, tz):
             return _NO
         src: Source | None = None  # where the value came from (None: a constant or the default)
         value = rule.constant
-        if value is None:
+        if rule.seq is not None:  # an item number (`seq: segment` is numbered by the builder)
+            value = ctx.index[rule.seq] + 1  # type: ignore[union-attr]
+        elif rule.join is not None or rule.per_occurrence:
+            value, src = self._gather(rule, ctx, tz)  # type: ignore[arg-type]
+        elif value is None:
             d = ctx.d
             for candidate in rule.sources:
                 v = ctx.read(candidate)
@@ -457,6 +495,23 @@ class CompiledMapping:
                 ) from None
         return value
 
+    def _gather(self, rule: Rule, ctx: _Hl7Context, tz: tzinfo) -> tuple[Any, Source | None]:
+        """`join` and per-occurrence `when`: the first value (or all, joined) after the functions."""
+        first = rule.join is None
+        when = rule.when if rule.per_occurrence else None
+        for candidate in rule.sources:  # the first path giving a value wins, as without `join`
+            found: list[str] = []
+            for v in ctx.read_many(candidate, when, tz, first):
+                for fn in rule.fns:
+                    v = fn(v, ctx.d)
+                if v:
+                    if first:
+                        return v, candidate
+                    found.append(v)
+            if found:
+                return rule.join.join(found), candidate  # type: ignore[union-attr]
+        return None, None
+
     def _record(self, ctx: Context, tz: tzinfo, group: int | None) -> Record:
         fields: dict[str, Any] = {}
         for rule in self.rules:
@@ -491,17 +546,48 @@ class CompiledMapping:
         msg = str(err["msg"])
         return self._fail(ctx, rule, src, E.DATA_TYPE_ERROR, f"field '{name}': {msg[:1].lower()}{msg[1:]}", group)
 
-    def _build(self, ctx: Context, tz: tzinfo, control_id: str | None, now: datetime | None) -> str:
-        values: list[tuple[Path, object]] = list(self.template)
-        for rule in self.rules:
-            v = self._value(rule, ctx, tz, None)
-            if v is not _NO:
-                values.append((rule.target, v))  # type: ignore[arg-type]
-        return build_er7(self.segment_order, values, site_tz=tz, control_id=control_id, now=now)
+    def _build(self, fields: Mapping[str, Any], tz: tzinfo, control_id: str | None, now: datetime | None) -> str:
+        items: list[Any] = []
+        index: list[int] = []
+        ctx = _RecordContext(fields, items, index)
+        value = self._value
+        text = build_er7(
+            self.block,  # type: ignore[arg-type]
+            lambda rule: value(rule, ctx, tz, None),
+            _NO,
+            lambda path: read_record(path, fields, items),
+            items,
+            index,
+            site_tz=tz,
+            control_id=control_id,
+            now=now,
+        )
+        if self.validate:
+            self._check_structure(text)
+        return text
+
+    def _check_structure(self, text: str) -> None:
+        problem = validate_structure(text)
+        if problem is None:
+            return
+        where = _ELEMENT.search(problem)  # hl7apy names elements (OBR_4), never values
+        segment, number = (where[1], int(where[2])) if where else (None, None)
+        missing = number is not None and "Missing required child" in problem
+        raise MappingError(
+            f"mapping {self.name}: the built message does not fit its HL7 message structure ({problem})",
+            mapping=self.name, field=None, code=E.REQUIRED_FIELD_MISSING if missing else E.SEGMENT_SEQUENCE_ERROR,
+            segment=segment, hl7_field=number,
+        )  # fmt: skip
+
+
+_ELEMENT = re.compile(r"\b([A-Z][A-Z0-9]{2})_([0-9]+)\b")
 
 
 def _holds(test: When, ctx: Context, tz: tzinfo) -> bool:
-    v = ctx.read(test.source)
+    return _test(test, ctx.read(test.source), tz)
+
+
+def _test(test: When, v: Any, tz: tzinfo) -> bool:
     op = test.op
     if op == "present":
         return (v is not None) is test.present

@@ -17,12 +17,14 @@ from typing import Any
 
 from engine.config.lint import did_you_mean
 from engine.config.project import ConfigInvalid
-from engine.config.schema import Condition, FieldRule, MappingFile
+from engine.config.schema import Condition, FieldRule, MappingFile, NestedGroup, SegmentGroup
 from engine.config.yamlpos import Diagnostic, PathT, YamlDoc
-from engine.hl7v2.path import Path, PathSyntaxError, parse_path
+from engine.hl7v2.escape import escape
+from engine.hl7v2.path import ALL, Path, PathSyntaxError, parse_path
 from engine.mapping.apply import CompiledMapping, Rule, Source, When
-from engine.mapping.functions import CONVERSIONS, FUNCTIONS
-from engine.mapping.outbound import SegmentKey, segment_key
+from engine.mapping.functions import CONVERSIONS, FUNCTIONS, format_hl7
+from engine.mapping.outbound import SEGMENT, Block, Group, SegmentKey, segment_key, write_order
+from engine.mapping.recordpath import RecordPath, RecordPathError, compile_record_path
 from engine.mapping.records import MODELS
 
 __all__ = ["compile_mapping", "compile_checked"]
@@ -61,6 +63,7 @@ class _Compiler:
         self.model = MODELS.get(self.target)
         self.kinds = {n: _kind(f.annotation) for n, f in self.model.model_fields.items()} if self.model else {}
         self.checked_tables: set[tuple[str, str]] = set()
+        self.lists: list[str] = []  # `each` list paths of the groups being compiled, outermost first
 
     # -- positions
 
@@ -92,17 +95,12 @@ class _Compiler:
         if self.source == "hl7v2":
             p = self.hl7_path(text, loc)
             return None if p is None else Source(text, hl7=p)
-        prefix = self.source + "."
-        names = list(MODELS[self.source].model_fields)
-        if not text.startswith(prefix):
-            self.report(loc, f"record paths start with '{prefix}' (e.g. '{prefix}{names[0]}')", offset=0)
+        try:
+            path = compile_record_path(text, self.source, MODELS[self.source], self.lists)
+        except RecordPathError as exc:
+            self.report(loc, exc.message, offset=exc.column)
             return None
-        name = text[len(prefix) :]
-        if name not in names:
-            hint = did_you_mean(name, names)
-            self.report(loc, f"unknown {self.source} field '{name}'{hint}", offset=len(prefix))
-            return None
-        return Source(text, field=name)
+        return Source(text, record=path)
 
     def target_path(self, text: str, loc: PathT, *, key: bool) -> Path | None:
         p = self.hl7_path(text, loc, key=key)
@@ -122,6 +120,12 @@ class _Compiler:
         """Compile one rule; `target` is the HL7 path written for `to: hl7v2`."""
         record_field = self.model is not None and loc[0] == "fields"
         ok = True
+        seq = self.seq(rule, loc) if rule.seq is not None else None
+        if rule.seq is not None and seq is None:
+            return None
+        if rule.join is not None and self.source != "hl7v2":
+            self.report(loc + ("join",), "'join' is only for from: hl7v2", key=True)
+            ok = False
         sources: list[Source] = []
         for i, text in enumerate(rule.from_ or []):
             src = self.source_path(text, loc + ("from", i))
@@ -147,8 +151,20 @@ class _Compiler:
             return None
         if record_field:
             ok &= self.check_values(name, rule, loc, conv)
+        if rule.join is not None and ok and not any(s.hl7 is not None and s.hl7.is_open for s in sources):
+            msg = "'join' needs a path that reads every occurrence or repetition ([*])"
+            self.report(loc + ("join",), msg, key=True)
+            ok = False
         if not ok:
             return None
+        per_occurrence = (
+            when is not None
+            and when.source.hl7 is not None
+            and when.source.hl7.occurrence == ALL
+            and bool(sources)
+            and all(s.hl7 is not None and s.hl7.occurrence == ALL and s.hl7.segment == when.source.hl7.segment
+                    for s in sources)
+        )  # fmt: skip
         return Rule(
             name=name,
             sources=tuple(sources),
@@ -162,7 +178,28 @@ class _Compiler:
             conv=CONVERSIONS[conv] if conv else None,  # type: ignore[index]
             when=when,
             target=target,
+            seq=seq,
+            join=rule.join,
+            per_occurrence=per_occurrence,
         )
+
+    def seq(self, rule: FieldRule, loc: PathT) -> int | None:
+        """`seq: segment` -> SEGMENT; `seq: <list>` -> the level of the enclosing group over it."""
+        if self.target != "hl7v2":
+            self.report(loc + ("seq",), "'seq' is only for to: hl7v2", key=True)
+            return None
+        extra = [k for k in ("fn", "map", "as_", "default", "required", "when") if k in rule.model_fields_set]
+        if extra:
+            key = extra[0].rstrip("_")
+            self.report(loc + (key,), f"'seq' takes no '{key}'", key=True)
+            return None
+        if rule.seq == "segment":
+            return SEGMENT
+        if rule.seq in self.lists:
+            return self.lists.index(rule.seq)
+        choices = ", ".join(["segment", *self.lists])
+        self.report(loc + ("seq",), f"'seq: {rule.seq}' must be one of: {choices} (a list of an enclosing group)")
+        return None
 
     def condition(self, cond: Condition, loc: PathT) -> When | None:
         src = self.source_path(cond.path, loc + ("path",))
@@ -241,27 +278,19 @@ class _Compiler:
             self.report(("topic",), "'topic' is only for record mappings (to: order or patient)", key=True)
         if m.template and self.target != "hl7v2":
             self.report(("template",), "'template' is only for to: hl7v2", key=True)
+        for key, name in (("groups", "groups"), ("validate", "validate_")):
+            if name in m.model_fields_set and self.target != "hl7v2":
+                self.report((key,), f"'{key}' is only for to: hl7v2", key=True)
         rules: list[Rule] = []
-        order: dict[SegmentKey, None] = {}
-        template: list[tuple[Path, str]] = []
+        block = None
         if self.target == "hl7v2":
-            for key, value in m.template.items():
-                p = self.target_path(key, ("template", key), key=True)
-                if p is not None:
-                    order.setdefault(segment_key(p), None)
-                    template.append((p, value))
-        for name, rule in m.fields.items():
+            block = self.block(m.fields, (), m.groups, template=m.template)
+        for name, rule in m.fields.items() if self.model is not None else ():
             loc: PathT = ("fields", name)
-            target = None
-            if self.model is not None and name not in self.kinds:
+            if name not in self.kinds:
                 self.report(loc, f"unknown {self.target} field '{name}'" + did_you_mean(name, self.kinds), key=True)
                 continue
-            if self.model is None:
-                target = self.target_path(name, loc, key=True)
-                if target is None:
-                    continue
-                order.setdefault(segment_key(target), None)
-            compiled = self.rule(name, rule, loc, target)
+            compiled = self.rule(name, rule, loc)
             if compiled is not None:
                 rules.append(compiled)
         if self.model is not None:
@@ -271,10 +300,8 @@ class _Compiler:
         topic = None
         if m.topic is not None and self.model is not None:
             topic = self.rule("topic", m.topic, ("topic",))
-        if (
-            self.target == "hl7v2"
-            and not any(p.segment == "MSH" and p.field == 9 for p, _ in template)
-            and not any(r.target is not None and r.target.segment == "MSH" and r.target.field == 9 for r in rules)
+        if self.target == "hl7v2" and not any(
+            parse_path(k).segment == "MSH" and parse_path(k).field == 9 for k in (*m.template, *m.fields) if _is_path(k)
         ):
             self.report(("to",), "to: hl7v2 needs the message type: set MSH-9.1 and MSH-9.2 in 'template'")
         if self.diags:
@@ -289,8 +316,65 @@ class _Compiler:
             model=self.model,
             each=each,
             accept=accept,
-            segment_order=tuple(order),
-            template=tuple(template),
+            block=block,
+            validate=m.validate_,
+        )
+
+    def block(
+        self,
+        fields: dict[str, FieldRule],
+        loc: PathT,
+        groups: list[SegmentGroup] | list[NestedGroup],
+        template: dict[str, str] | None = None,
+    ) -> Block:
+        """The segments of `fields` (and `template`) in write order, then `groups`, compiled."""
+        top = not loc
+        keys: list[SegmentKey] = []
+        constants: list[tuple[Path, str]] = []
+        for key, value in (template or {}).items():
+            p = self.target_path(key, ("template", key), key=True)
+            if p is not None:
+                keys.append(segment_key(p))
+                constants.append((p, value))
+        rules: list[Rule] = []
+        for name, rule in fields.items():
+            where = loc + ("fields", name)
+            target = self.target_path(name, where, key=True)
+            if target is None:
+                continue
+            if not top and target.segment == "MSH":
+                self.report(where, "MSH is written once: set it in the mapping's own 'fields' or 'template'", key=True)
+                continue
+            keys.append(segment_key(target))
+            compiled = self.rule(name, rule, where, target)
+            if compiled is not None:
+                rules.append(compiled)
+        order = write_order(keys, msh_first=top)
+        slot = {k: i for i, k in enumerate(order)}
+        widths = [12 if k[0] == "MSH" else 0 for k in order]
+        for p in [*(p for p, _ in constants), *(r.target for r in rules)]:
+            widths[slot[segment_key(p)]] = max(widths[slot[segment_key(p)]], p.field)  # type: ignore[union-attr]
+        compiled_groups: list[Group] = []
+        for i, group in enumerate(groups):
+            gloc = loc + ("groups", i)
+            each = None
+            if group.each is not None:
+                try:
+                    each = compile_record_path(group.each, self.source, MODELS[self.source], self.lists, want_list=True)
+                except RecordPathError as exc:
+                    self.report(gloc + ("each",), exc.message, offset=exc.column)
+                    continue
+                self.lists.append(each.list_text)  # type: ignore[arg-type]
+            nested = self.block(group.fields, gloc, getattr(group, "groups", []))
+            if each is not None:
+                self.lists.pop()
+            compiled_groups.append(Group(each, nested))
+        return Block(
+            keys=order,
+            rules=tuple((r, slot[segment_key(r.target)], _constant_text(r), _plain_paths(r)) for r in rules),  # type: ignore[arg-type]
+            groups=tuple(compiled_groups),
+            constants=tuple((p, escape(v), slot[segment_key(p)]) for p, v in constants),
+            widths=tuple(widths),
         )
 
     def accepts(self) -> dict[str, frozenset[str] | None]:
@@ -318,6 +402,30 @@ class _Compiler:
         elif not _SEGMENT_ID.match(each):
             self.report(("each",), f"'{each}' is not a segment id (3 characters: A-Z, then A-Z or 0-9)")
         return each
+
+
+def _constant_text(rule: Rule) -> str | None:
+    """The escaped text of a rule that always writes the same thing (computed once, not per message)."""
+    if rule.constant is None or rule.when is not None or rule.table is not None or rule.fns or rule.conv is not None:
+        return None
+    value = rule.constant
+    return escape(value if isinstance(value, str) else format_hl7(value, UTC))
+
+
+def _plain_paths(rule: Rule) -> tuple[RecordPath, ...] | None:
+    """The record paths of a rule that does nothing but read them (the first value wins)."""
+    plain = rule.sources and not (rule.when or rule.fns or rule.table is not None or rule.conv or rule.required)
+    if not plain or rule.default is not None or rule.seq is not None:
+        return None
+    return tuple(s.record for s in rule.sources)  # type: ignore[misc]
+
+
+def _is_path(text: str) -> bool:
+    try:
+        parse_path(text)
+    except PathSyntaxError:
+        return False
+    return True
 
 
 def compile_checked(

@@ -6,6 +6,8 @@ Error texts name what is wrong, never the value: values are patient data.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from datetime import date, datetime, time, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -14,9 +16,10 @@ from typing import Any
 from engine.hl7v2.escape import Delimiters
 from engine.hl7v2.timestamps import parse_date, parse_dtm
 
-__all__ = ["CONVERSIONS", "FUNCTIONS", "TableMiss", "convert", "format_hl7", "lookup"]
+__all__ = ["CONVERSIONS", "FUNCTIONS", "TableMiss", "control_id", "convert", "format_hl7", "lookup"]
 
 StrFn = Callable[[str, Delimiters], str]
+_CONTROL_ID = re.compile(r"[A-Za-z0-9._-]{1,20}")
 
 
 def _trim(value: str, d: Delimiters) -> str:
@@ -52,6 +55,15 @@ def _strip_leading_zeros(value: str, d: Delimiters) -> str:
     return stripped if stripped or not value else "0"
 
 
+def control_id(value: str, d: Delimiters | None = None) -> str:
+    """An MSH-10 (ST, at most 20 characters in v2.3.1 and v2.5.1) derived from an id: the id itself
+    when it fits (1-20 letters, digits, '.', '-', '_'), else 'RB' and the first 18 hex digits of its
+    SHA-256. The same id always gives the same control id, so the engine knows its message again."""
+    if _CONTROL_ID.fullmatch(value):
+        return value
+    return "RB" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:18].upper()
+
+
 def _person_name(value: str, d: Delimiters) -> str:
     # XPN family^given^middle^suffix^prefix -> DICOM-style family^given^middle (no trailing '^').
     parts = value.split(d.component)[:3]
@@ -72,6 +84,7 @@ FUNCTIONS: dict[str, tuple[StrFn, str]] = {
         _person_name,
         "an HL7 name (XPN) as family^given^middle, trailing empty parts dropped (DICOM PatientName order)",
     ),
+    "control_id": (control_id, "the value if it fits MSH-10 (20 characters), else 'RB' + 18 hex digits of its SHA-256"),
 }
 """Name -> (function, one-line description). Each takes the value and the message's delimiters."""
 
@@ -117,6 +130,11 @@ def _as_date(value: Any, tz: tzinfo) -> Any:
         return value
     text = str(value)
     if len(text) == 8 and text.isdigit() and text.isascii():
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    if len(text) == 10 and text[4] == "-" == text[7]:  # ISO 8601, as records read back from JSON hold dates
         try:
             return date.fromisoformat(text)
         except ValueError:
@@ -177,6 +195,9 @@ def format_hl7(value: Any, tz: tzinfo) -> str:
         return value.strftime("%Y%m%d")
     if isinstance(value, bool):
         return "Y" if value else "N"
+    if isinstance(value, float):  # HL7 NM: plain digits, never an exponent
+        text = repr(value)
+        return format(Decimal(text), "f") if "e" in text or "E" in text else text
     return str(value)
 
 

@@ -1,8 +1,10 @@
 """Canonical records: what mappings produce from HL7 (and read back to build outbound messages).
 
-Records are flat on purpose: one level of named fields, so a mapping path is `order.accession` and a
-stored record is one small JSON object. Each model forbids unknown fields and documents every field;
-a mapped record is validated against its model before it leaves the mapping.
+Records are flat where they can be: one level of named fields, so a mapping path is `order.accession`
+and a stored record is one small JSON object. The result records nest (a result's findings, the
+orders a result or a priority update concerns): paths read them as `result.result.findings[*].code`.
+Each model forbids unknown fields and documents every field; a mapped record is validated against
+its model before it leaves the mapping.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.result import Result
 
-__all__ = ["MODELS", "InferenceResult", "Order", "OrderRef", "PatientEvent", "PriorityUpdate", "Record", "field_names"]
+__all__ = [
+    "MODELS", "FinalReport", "InferenceResult", "Order", "OrderRef", "PatientEvent", "PriorityUpdate", "Record",
+    "field_names",
+]  # fmt: skip
 
 
 class _Canonical(BaseModel):
@@ -150,8 +155,28 @@ class PriorityUpdate(_Canonical):
     raised_at: datetime
 
 
+class FinalReport(_Canonical):
+    """The radiologist's report as the RIS sends it back (ORU^R01): closes the loop on an AI report.
+    `text` is the report itself: patient data, stored sealed like every record."""
+
+    accession: str | None = Field(None, description="Accession number (OBR-18, else the filler order number).")
+    placer_number: str | None = Field(None, description="Placer order number (ORC-2 / OBR-2).")
+    filler_number: str | None = Field(None, description="Filler order number (ORC-3 / OBR-3).")
+    patient_id: str | None = Field(None, description="Patient identifier (PID-3).")
+    patient_id_issuer: str | None = Field(None, description="Assigning authority of `patient_id`.")
+    study_uid: str | None = Field(None, description="Study Instance UID, when an OBX carries it.")
+    procedure_code: str | None = Field(None, description="Reported procedure (OBR-4.1).")
+    status: str = Field(description="Result status as sent (OBR-25, table 0123: P, F, C, X, ...).")
+    observed_at: datetime | None = Field(None, description="Observation date/time (OBR-7).")
+    reported_at: datetime | None = Field(None, description="Results report/status change date/time (OBR-22).")
+    interpreter: str | None = Field(None, description="Principal result interpreter's id (OBR-32, first component).")
+    text: str | None = Field(None, description="The report text: the TX/FT observation values, one line each.")
+    sending_application: str | None = Field(None, description="Sending application (MSH-3).")
+
+
 MODELS: dict[str, type[_Canonical]] = {
     "order": Order, "patient": PatientEvent, "result": InferenceResult, "priority_update": PriorityUpdate,
+    "report": FinalReport,
 }  # fmt: skip
 """Record type name (a mapping's `to:` / `from:`) -> model."""
 

@@ -319,7 +319,8 @@ def test_mapping_file_checks(tmp_path: Path, write: Write) -> None:
         """,
     )
     assert run(tmp_path) == [
-        "mappings/orm.yaml:1:7: 'from' must be one of: hl7v2, dicom, fhir, order, study, result, patient",
+        "mappings/orm.yaml:1:7: 'from' must be one of: hl7v2, dicom, fhir, order, study, result, patient, "
+        "priority_update",
         "mappings/orm.yaml:6:33: 'as' must be one of: str, int, decimal, date, datetime",
         "mappings/orm.yaml:6:48: 'default' must be a single value (string, number or boolean)",
         "mappings/orm.yaml:7:17: 'from' must have at least 1 item(s)",

@@ -170,6 +170,7 @@ FN_CASES = {
     "third_component": ("A^B", ""),
     "strip_leading_zeros": ("000120", "120"),
     "person_name": ("FAM&VAN^GIV^^JR^DR", "FAM^GIV"),
+    "control_id": ("std-0001/stat", "RB3BAA721870F7E021AB"),  # "/" does not fit MSH-10 as is: hashed
 }
 
 

@@ -21,7 +21,7 @@ CET = timezone(timedelta(hours=1))
 def test_every_sample_uses_cr_and_is_listed_in_the_readme() -> None:
     readme = (ROOT / "samples" / "README.md").read_text()
     files = sorted(SAMPLES.glob("*.hl7"))
-    assert len(files) == 12
+    assert len(files) == 13
     for path in files:
         data = path.read_bytes()
         assert b"\n" not in data and data.endswith(b"\r"), path.name
