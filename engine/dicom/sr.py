@@ -60,8 +60,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from engine.core.records import InferenceResult
 from engine.core.result import Finding, Measurement
-from engine.mapping.records import InferenceResult
 
 __all__ = ["COMPREHENSIVE_SR", "ReportUids", "build_sr", "report_uids", "to_part10"]
 

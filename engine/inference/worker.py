@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from engine.core.clock import utcnow
 from engine.core.errors import RadbridgeError, RetryableError
 from engine.core.ids import new_id
+from engine.core.records import InferenceResult
 from engine.core.result import Result
 from engine.correlation.keys import patient_key
 from engine.deid import DicomDeidentifier, reidentify_uids
@@ -34,7 +35,6 @@ from engine.inference.jobs import JobRow, Jobs, backoff
 from engine.inference.models import ModelClient, ModelConfig, StudyInput
 from engine.inference.registry import Registry, effective_thresholds
 from engine.inference.thresholds import apply_thresholds
-from engine.mapping.records import InferenceResult
 from engine.store.leases import holder_dead
 from engine.store.tables import Disclosure
 from engine.store.writer import StaleWrite, WriteItem

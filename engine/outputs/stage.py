@@ -27,11 +27,11 @@ from typing import Any
 
 from engine.core.clock import utcnow
 from engine.core.component import ComponentContext, Inbound, Outcome, Problem, Sink
+from engine.core.records import InferenceResult, PriorityUpdate
 from engine.core.registry import register
 from engine.core.result import PRIORITY_ORDER
 from engine.correlation.keys import keys
 from engine.correlation.repo import OrderRow, Repo
-from engine.mapping.records import InferenceResult, PriorityUpdate
 from engine.outputs.config import OutputsConfig
 from engine.outputs.reports import ReportRow, Reports
 from engine.store.writer import WriteItem

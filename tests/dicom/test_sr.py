@@ -14,8 +14,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from engine.core.records import InferenceResult
 from engine.dicom.sr import COMPREHENSIVE_SR, build_sr, report_uids, to_part10
-from engine.mapping.records import InferenceResult
 from tests import phi
 
 STUDY = "1.2.826.0.1.3680043.8.498.10"

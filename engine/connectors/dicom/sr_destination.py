@@ -19,9 +19,9 @@ from engine.connectors.dicom.config import DicomDestinationConfig
 from engine.connectors.dicom.scu import DicomDestination
 from engine.core.component import ComponentContext, Delivered, Outbound
 from engine.core.errors import PermanentError
+from engine.core.records import InferenceResult
 from engine.core.registry import register
 from engine.dicom.sr import build_sr, to_part10
-from engine.mapping.records import InferenceResult
 
 Status = Literal["preliminary", "corrected", "withdrawn"]
 
