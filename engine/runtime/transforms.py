@@ -37,6 +37,17 @@ def study_transform(config: StudyAssemblyConfig, index: BlindIndex, dialect: str
     return transform
 
 
+def _indexes(source: object) -> dict[str, str]:
+    """Searchable identifiers of the record an outbound message was built from."""
+    fields = getattr(source, "fields", None) or {}
+    found = {kind: str(fields[name]) for name, kind in INDEXED.items() if fields.get(name)}
+    accessions = fields.get("accessions") or [o.get("accession") for o in fields.get("orders") or []]
+    accessions = [a for a in accessions if a]
+    if "accession" not in found and accessions:
+        found["accession"] = str(accessions[0])
+    return found
+
+
 def build_transform(
     loaded: LoadedChannel, project: Project, index: BlindIndex | None = None, dialect: str = "sqlite"
 ) -> Transform | None:
@@ -61,6 +72,8 @@ def build_transform(
             raise Refused(exc.problem()) from None
         except MappingError as exc:
             raise Invalid(exc.problem()) from None
+        if compiled.target == "hl7v2":  # an outbound message: the ER7 itself is what destinations send
+            return Transformed(body="".join(r.fields["er7"] for r in records).encode("utf-8"), indexes=_indexes(source))
         indexes: dict[str, str] = {}
         for record in records:  # the first value of each kind is searchable (one column per kind)
             for field, kind in INDEXED.items():

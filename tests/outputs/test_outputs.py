@@ -6,6 +6,7 @@ withholds shadow results, recognises the RIS echoing its own XO and links the fi
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.inference.http.servers import KServe, serve
 from tests.inference.test_jobs import World, oip_model, project
 from tests.inference.volumes import head_ct
 
+REPO = Path(__file__).resolve().parents[2]
 OUTPUTS = """\
 name: outputs
 source: {kind: outputs, sweep_s: 0.1}
@@ -165,3 +167,44 @@ async def test_result_after_every_order_was_cancelled_is_withheld(world: Outputs
     await world.record("inference.completed", "result", late)
     await world.until(lambda: world.actions("result.withheld") == 1)
     assert len(world.out("result.corrected")) == 0
+
+
+async def test_oru_and_priority_update_go_over_mllp_and_are_acked(tmp_path: Path, store_url: str | None,
+                                                                  kserve: KServe) -> None:  # fmt: skip
+    """The result channels as an analyst writes them: topic → mapping → MLLP destination, to an HL7
+    peer that ACKs; the ORU carries OBR-25 P and one coded OBX per finding, the ORM carries ORC-1 XO."""
+    from engine.hl7v2 import Message
+    from tests.connectors.test_mllp_destination import ack_for, peer
+
+    async with peer(ack_for("AA")) as ris:
+        with serve(kserve.app()) as url:
+            root = project(tmp_path / "p", store_url, oip_model(url), "ich-ct")
+            (root / "channels" / "outputs.yaml").write_text(OUTPUTS)
+            for name, topic, mapping in (("results-ris", "result.*", "result-to-oru.yaml"),
+                                         ("worklist-ris", "worklist.priority", "priority-to-orm-xo.yaml")):  # fmt: skip
+                (root / "channels" / f"{name}.yaml").write_text(
+                    f"name: {name}\nsource: {{kind: topic, topic: '{topic}'}}\nmapping: mappings/{mapping}\n"
+                    f"destinations:\n  - {{name: ris, kind: mllp, host: 127.0.0.1, port: {ris.port}, "
+                    "retry: {backoff_s: 0.05}}\n"
+                )
+            shutil.copytree(REPO / "mappings", root / "mappings", dirs_exist_ok=True)
+            world = Outputs(root)
+            await world.start()
+            try:
+                await world.order()
+                await world.study()
+                await world.until(lambda: len(ris.frames) == 2)
+                assert world.ctx is not None
+                await world.until(lambda: all(v.status == "sent" for c in ("results-ris", "worklist-ris")
+                                              for v in world.ctx.messages.list(channel=c)))  # fmt: skip
+            finally:
+                await world.stop()
+    by_type = {}
+    for frame in ris.frames:
+        message = Message.parse(frame.decode())
+        by_type[message.get("MSH-9.1")] = message
+    oru, orm = by_type["ORU"], by_type["ORM"]
+    assert oru.get("OBR-25") == "P" and oru.get("OBR-18") == phi.ACCESSION and oru.get("PID-3.1") == phi.MRN
+    assert (oru.get("OBX[2]-3.1"), oru.get("OBX[2]-8"), oru.get("OBX[2]-11")) == ("1386000", "AA", "P")
+    assert oru.get("OBX[2]-17.1") == "ich-ct" and oru.get("OBX[2]-17.2") == "1.2.0"
+    assert orm.get("ORC-1") == "XO" and orm.get("ORC-7.6") == "S" and orm.get("MSH-10").startswith("RB")
