@@ -18,6 +18,12 @@ NEVER = {
     "mapping": {"connectors", "runtime", "web", "cli"},
     "connectors": {"runtime", "web", "cli"},
     "runtime": {"cli"},  # the runtime serves the web app (web imports nothing of the runtime)
+    "dicom": {"connectors", "runtime", "web", "cli", "mapping", "correlation", "inference", "deid", "outputs"},
+    "fhir": {"connectors", "runtime", "web", "cli", "mapping", "correlation", "inference", "deid", "outputs"},
+    "deid": {"connectors", "runtime", "web", "cli", "store", "correlation", "inference", "outputs"},
+    "correlation": {"connectors", "runtime", "web", "cli", "inference", "outputs"},
+    "inference": {"connectors", "runtime", "web", "cli", "outputs"},
+    "outputs": {"connectors", "runtime", "web", "cli"},
 }  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 Every attempt's result is durable before the next one starts: sent (with the peer's response
 sealed beside the message), retried later with exponential backoff, or dead-lettered with the
-last error after the destination's max_attempts (or at once for a permanent error). A restart
+last error after the destination's max_attempts (or at once for a permanent error). A retryable
+error's `retry_after` (the peer's Retry-After, seconds) puts the next attempt no sooner. A restart
 resumes from the table: nothing queued lives only in memory.
 """
 
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from engine.config.schema import RetryPolicy
 from engine.core.clock import utcnow
@@ -24,6 +26,7 @@ from engine.store.queue import Due, Queues, backoff
 
 log = logging.getLogger("radbridge.delivery")
 POLL_S = 5.0  # also picks up work queued by another process (reprocess from the CLI)
+MAX_RETRY_AFTER_S = 86400.0  # a peer's Retry-After is honoured up to a day: a bogus one must not stall the queue
 
 
 class DeliveryWorker:
@@ -136,6 +139,9 @@ class DeliveryWorker:
             else:
                 status = "queued"
                 next_at = utcnow() + backoff(attempts, self.policy.backoff_s, self.policy.max_backoff_s)
+                wait = getattr(exc, "retry_after", None)  # the peer's Retry-After: never sooner than it asked
+                if isinstance(wait, int | float) and wait > 0:
+                    next_at = max(next_at, utcnow() + timedelta(seconds=min(float(wait), MAX_RETRY_AFTER_S)))
         except PermanentError as exc:
             error, status, response = str(exc) or type(exc).__name__, "dead", getattr(exc, "response", None)
         except Exception as exc:  # noqa: BLE001 - a connector bug must not stop the queue; retry it

@@ -2,7 +2,7 @@
 
 - transport.py: the one httpx client construction (TLS from engine.security.tls, timeouts from the
   model's `timeout_s`, HTTP/1.1), authentication, and the one mapping of answers to errors.
-- auth.py: bearer tokens and OAuth2 client credentials (cached, refreshed, shared by concurrent jobs).
+- auth.py: bearer tokens and OAuth2 client credentials (engine.security.oauth2: cached, refreshed, shared).
 - oip.py: Open Inference Protocol (KServe v2 REST, JSON tensors).
 - upload.py: the de-identified study as DICOM (multipart/related or STOW-RS), answered in JSON
   synchronously, by polling, or by a callback (callbacks.py).
