@@ -126,12 +126,12 @@ class DeliveryWorker:
         body = await asyncio.to_thread(ctx.messages.read, message_id, part)
         kind = view.kind if view else ""
         started = utcnow()
-        response, error, status, next_at = None, None, "sent", None
+        response, error, status, next_at, note = None, None, "sent", None, ""
         try:
             if self.outgoing is not None:
                 body = await asyncio.to_thread(self.outgoing, body)
             delivered = await self.destination.send(Outbound(message_id, self.name, body, kind))
-            response = delivered.response
+            response, note = delivered.response, delivered.detail
         except RetryableError as exc:
             error, response = str(exc) or type(exc).__name__, getattr(exc, "response", None)
             if attempts >= self.policy.max_attempts:
@@ -161,7 +161,7 @@ class DeliveryWorker:
             ctx.audit.event(
                 action, actor=f"service:channel/{self.channel}", outcome="success" if status == "sent" else "failure",
                 record_ids=[message_id],
-                detail={"destination": self.name, "attempt": attempts, "error": error,
+                detail={"destination": self.name, "attempt": attempts, "error": error, "note": note or None,
                         "ms": round((utcnow() - started).total_seconds() * 1000, 1)},
             )
         )  # fmt: skip
