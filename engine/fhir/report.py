@@ -1,5 +1,5 @@
 """An AI result (canonical record `result`) as a FHIR R4 transaction Bundle: one DiagnosticReport and one
-Observation per finding. The field mapping is documented in docs/outputs-fhir.md.
+Observation per finding. The field mapping is documented in docs/outputs.md.
 
 Idempotency — a retry after a timeout, or the same record sent twice, never makes a second report:
 - The DiagnosticReport carries identifier `report_identifier_system|report_id`. Revision 1 (preliminary)

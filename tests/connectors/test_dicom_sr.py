@@ -150,8 +150,7 @@ def test_the_documented_channel_lints_clean(tmp_path: Path) -> None:
     from engine.runtime.lint import lint_all
     from tests.conftest import write_project
 
-    doc = DOCS / "outputs-sr.md"
-    text = (doc if doc.exists() else DOCS / "outputs.md").read_text()
+    text = (DOCS / "outputs.md").read_text()
     examples = [e for e in re.findall(r"<!-- example: channel -->\s*```yaml\n(.*?)```", text, re.DOTALL)
                 if "dicom-sr" in e]  # fmt: skip
     assert len(examples) == 1

@@ -1,4 +1,4 @@
-"""The FHIR destination's documented channel example lints clean (docs/outputs-fhir.md, or docs/outputs.md
+"""The FHIR destination's documented channel example lints clean (docs/outputs.md
 once merged there), and a misspelt key in it is reported with its position."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ CHANNEL_BLOCK = re.compile(r"<!-- example: channel -->\s*```yaml\n(.*?)```", re.
 
 
 def fhir_example() -> str:
-    for name in ("outputs-fhir.md", "outputs.md"):
+    for name in ("outputs.md",):
         path = DOCS / name
         found = [b for b in CHANNEL_BLOCK.findall(path.read_text()) if "kind: fhir" in b] if path.exists() else []
         if found:
