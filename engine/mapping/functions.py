@@ -188,8 +188,8 @@ def format_hl7(value: Any, tz: tzinfo) -> str:
     if isinstance(value, datetime):
         local = value.astimezone(tz) if value.tzinfo else value.replace(tzinfo=tz)
         text = local.strftime("%Y%m%d%H%M%S")
-        if local.microsecond:
-            text += f".{local.microsecond:06d}".rstrip("0")
+        if local.microsecond // 100:  # DTM allows at most four fractional digits (S.SSSS)
+            text += f".{local.microsecond // 100:04d}".rstrip("0")
         return text + local.strftime("%z")
     if isinstance(value, date):
         return value.strftime("%Y%m%d")

@@ -74,9 +74,11 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
     return err or ""
 
 
-def start_downstream(port: int, log: Path) -> subprocess.Popen[str]:
+def start_downstream(port: int, log: Path, messages: Path | None = None) -> subprocess.Popen[str]:
+    """python-hl7's MLLP server ACKing AA; MSH-10s logged to `log`, whole messages to `messages`."""
+    extra = [str(messages)] if messages else []
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("downstream.py")), str(port), str(log)],
+        [sys.executable, str(Path(__file__).with_name("downstream.py")), str(port), str(log), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     _wait_line(proc, "ready", 30)
@@ -97,8 +99,8 @@ def wait_for(predicate, timeout: float = 30.0, step: float = 0.1):  # type: igno
     raise AssertionError("timed out waiting")
 
 
-def orm(control_id: str, accession: str, *, orders: int = 1) -> bytes:
-    """A realistic fake ORM^O01 (v2.3.1) with `orders` ORC/OBR groups."""
+def orm(control_id: str, accession: str, *, orders: int = 1, control: str = "NW", placer: str | None = None) -> bytes:
+    """A realistic fake ORM^O01 (v2.3.1) with `orders` ORC/OBR groups (ORC-1 `control`: NW new, CA cancel)."""
     segments = [
         f"MSH|^~\\&|RIS|GENHOSP|RADBRIDGE|GENHOSP|20261121101500||ORM^O01|{control_id}|P|2.3.1",
         "PID|1||MRN-FAKE-4471902^^^GENHOSP^MR||FAKEPATIENT^ZELDAQUINN^A||19470312|F",
@@ -107,8 +109,8 @@ def orm(control_id: str, accession: str, *, orders: int = 1) -> bytes:
     for n in range(orders):
         acc = f"{accession}-{n}" if orders > 1 else accession
         segments += [
-            f"ORC|NW|PLC{n}{control_id}|{acc}||SC||^^^20261121101500^^R",
-            f"OBR|{n + 1}|PLC{n}{control_id}|{acc}|CTHEAD^CT HEAD WITHOUT CONTRAST^L|||20261121101500"
+            f"ORC|{control}|{placer or f'PLC{n}{control_id}'}|{acc}||SC||^^^20261121101500^^R",
+            f"OBR|{n + 1}|{placer or f'PLC{n}{control_id}'}|{acc}|CTHEAD^CT HEAD WITHOUT CONTRAST^L|||20261121101500"
             f"|||||||||||{acc}||||||CT",
         ]
     return ("\r".join(segments) + "\r").encode()

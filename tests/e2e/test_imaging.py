@@ -101,6 +101,7 @@ def _states(root: Path) -> list[str]:
 def storescu(port: int, instances: list[bytes], folder: Path) -> list[Path]:
     """Send instances with dcmtk's storescu (Nagle off, as DESIGN asks of peers); returns the files."""
     files = []
+    folder.mkdir(parents=True, exist_ok=True)
     for n, raw in enumerate(instances):
         files.append(folder / f"i{n}.dcm")
         files[-1].write_bytes(raw)
