@@ -29,8 +29,8 @@ def _send(port: int, message: bytes) -> None:
 
 def _channels(mllp: int, dicom: int, ris: int, fhir: str) -> dict[str, str]:
     fhir_destination = (f"{{name: ehr, kind: fhir, base_url: '{fhir}', release: preliminary, "
-                        "patient_identifier_system: 'urn:oid:1.2.3.4.5', accession_identifier_system: 'urn:oid:1.2.3.4.6', "
-                        "retry: {backoff_s: 0.2}}")  # fmt: skip
+                        "patient_identifier_system: 'urn:oid:1.2.3.4.5', "
+                        "accession_identifier_system: 'urn:oid:1.2.3.4.6', retry: {backoff_s: 0.2}}")  # fmt: skip
     to_ris = f"{{name: ris, kind: mllp, host: 127.0.0.1, port: {ris}, retry: {{backoff_s: 0.2}}}}"
     return {
         **inference_channels(mllp, dicom),
