@@ -229,16 +229,19 @@ class Worker:
             if model.external:
                 await self._disclose(model, job, study, inp)
             facts = {k: str(study.get(k) or "") for k in ("modality", "body_part", "procedure_code")}
+            called = time.monotonic()
             output = await asyncio.wait_for(
                 self.client(model).infer(StudyInput(job.id, inp.instances, facts)), model.timeout_s
             )  # fmt: skip
+            model_ms = round((time.monotonic() - called) * 1000)
             if (output.result.model, output.result.version) != (model.name, model.version):
                 raise RadbridgeError(f"job {job.id}: the model answered as another model or version")
             row = await asyncio.to_thread(self.registry.get, model.name, model.version)
             result = apply_thresholds(output.result, effective_thresholds(model, row))
             if inp.crosswalk:
                 result = Result.model_validate(reidentify_uids(result.model_dump(), inp.crosswalk))
-            await self._complete(job, model, study, result, output.raw, inp, row.state if row else "shadow", started)
+            await self._complete(job, model, study, result, output.raw, inp, row.state if row else "shadow", started,
+                                 model_ms)
         except asyncio.CancelledError:
             raise
         except (RetryableError, TimeoutError, OSError) as exc:
@@ -250,7 +253,7 @@ class Worker:
             self._event.set()
 
     async def _complete(self, job: JobRow, model: ModelConfig, study: dict[str, Any], result: Result, raw: bytes,
-                        inp: JobInput, state: str, started: float) -> None:  # fmt: skip
+                        inp: JobInput, state: str, started: float, model_ms: int) -> None:  # fmt: skip
         clinical = state == "active"
         topic = "inference.completed" if clinical else "inference.shadow"
         fields = {
@@ -279,7 +282,7 @@ class Worker:
         ms = round((time.monotonic() - started) * 1000)
         item.audit.append(self._audit(
             "inference.completed", job, also=(message_id,), input_digest=inp.digest,
-            output_digest=output_digest, ms=ms, clinical=clinical, findings=len(result.findings),
+            output_digest=output_digest, ms=ms, model_ms=model_ms, clinical=clinical, findings=len(result.findings),
             critical=fields["critical"], instances=len(inp.instances), method=inp.method,
         ))  # fmt: skip
         try:
