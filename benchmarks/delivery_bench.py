@@ -56,7 +56,8 @@ def _project(root: Path, ris: int, fhir: str) -> Path:
     shutil.copytree(REPO / "mappings", root / "mappings", dirs_exist_ok=True)
     to_ris = f"{{name: ris, kind: mllp, host: 127.0.0.1, port: {ris}, retry: {{backoff_s: 0.1}}}}"
     ehr = (f"{{name: ehr, kind: fhir, base_url: '{fhir}', release: preliminary, "
-           "patient_identifier_system: 'urn:oid:1.2.3.4.5', accession_identifier_system: 'urn:oid:1.2.3.4.6'}")  # fmt: skip
+           "patient_identifier_system: 'urn:oid:1.2.3.4.5', "
+           "accession_identifier_system: 'urn:oid:1.2.3.4.6'}")  # fmt: skip
     channels = {
         "images": "source: {kind: topic, topic: bench.dicom}\nstudy: {quiet_s: 0.2}\n",
         "correlation": "source: {kind: correlation, sweep_s: 0.02, unmatched_study: {wait_s: 0}}\n"
@@ -88,7 +89,8 @@ def _result(n: int) -> dict:
         "sex": "F", "modality": "CT", "body_part": "HEAD", "procedure_code": "CTHEAD", "priority": "routine",
         "model": "head-ct-hyperdensity", "version": "1.0.0", "trigger": "neuro/ct", "clinical": True,
         "critical": True, "completed_at": datetime.now(UTC).isoformat(),
-        "result": {"model": "head-ct-hyperdensity", "version": "1.0.0", "summary": "bench", "suggested_priority": "stat",
+        "result": {"model": "head-ct-hyperdensity", "version": "1.0.0", "summary": "bench",
+                   "suggested_priority": "stat",
                    "findings": [{"system": "http://snomed.info/sct", "code": "1386000",
                                  "display": "Intracranial hemorrhage", "score": 0.93, "critical": True,
                                  "measurements": [{"name": "volume", "value": 5.2, "unit": "mL"}]}]},
@@ -123,8 +125,8 @@ async def _throughput(world: EngineWorld, count: int) -> None:
     started = time.perf_counter()
     for n in range(count):
         raw = json.dumps({"type": "result", "topic": "inference.completed", "fields": _result(n)}).encode()
-        await world.engine.topics.publish("inference.completed",
-                                          Inbound(raw=raw, kind="record", peer="bench", decoded=json.loads(raw)))  # fmt: skip
+        inbound = Inbound(raw=raw, kind="record", peer="bench", decoded=json.loads(raw))
+        await world.engine.topics.publish("inference.completed", inbound)
     await _wait(lambda: all(_sent(world, c) >= count for c in OUT_CHANNELS))
     took = time.perf_counter() - started
     print(f"throughput: {count} critical results -> {3 * count} outputs acknowledged (ORU, ORM XO, FHIR) in "
@@ -140,8 +142,8 @@ async def _latency(world: EngineWorld, studies: int) -> None:
         order = {"event": "accepted", "accession": accession, "patient_id": phi.MRN, "priority": "routine",
                  "procedure_code": "CTHEAD", "placer_number": f"PLCLAT{n}"}  # fmt: skip
         raw = json.dumps({"type": "order", "topic": "order.accepted", "fields": order}).encode()
-        await world.engine.topics.publish("order.accepted",
-                                          Inbound(raw=raw, kind="record", peer="bench", decoded=json.loads(raw)))  # fmt: skip
+        inbound = Inbound(raw=raw, kind="record", peer="bench", decoded=json.loads(raw))
+        await world.engine.topics.publish("order.accepted", inbound)
         series = head_ct(shapes=(BLEED_5ML,), seed=n, slices=20, size=192, pixel_mm=0.7)
         for data in series.instances:
             import io
@@ -154,8 +156,8 @@ async def _latency(world: EngineWorld, studies: int) -> None:
             ds.save_as(out, enforce_file_format=True)
             data = out.getvalue()
             header = read_header(data)
-            await world.engine.topics.publish("bench.dicom", Inbound(raw=data, kind="dicom", peer="bench",
-                                                                     decoded=header, dedup=header.sop_instance_uid))  # fmt: skip
+            inbound = Inbound(raw=data, kind="dicom", peer="bench", decoded=header, dedup=header.sop_instance_uid)
+            await world.engine.topics.publish("bench.dicom", inbound)
         before = {c: _sent(world, c) for c in OUT_CHANNELS}
         await _wait(lambda b=before: all(_sent(world, c) > b[c] for c in OUT_CHANNELS))
         messages, deliveries = Message.__table__, Delivery.__table__
