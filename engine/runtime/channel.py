@@ -9,6 +9,7 @@ gets `unavailable`, so the sender keeps it and retries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,7 +91,10 @@ class Channel:
             if earlier:
                 flags.append("control-id-reused")
 
-        status, problem, transformed = self._decide(inbound)
+        if self.strict or getattr(self.transform, "slow", False):  # hl7apy: milliseconds, off the event loop
+            status, problem, transformed = await asyncio.to_thread(self._decide, inbound)
+        else:
+            status, problem, transformed = self._decide(inbound)
         outcome_status = {"queued": "accepted", "transformed": "accepted", "received": "accepted"}.get(status, status)
         destinations = self.destinations if status == "queued" else []
         indexes = {k: ctx.index(k, v) for k, v in (transformed.indexes if transformed else {}).items()}

@@ -83,4 +83,5 @@ def build_transform(
         body = b"".join(record.to_json() + b"\n" for record in records)
         return Transformed(body=body, indexes=indexes)
 
+    transform.slow = compiled.validate  # type: ignore[attr-defined]  # hl7apy checks each built message
     return transform
