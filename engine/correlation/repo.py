@@ -143,6 +143,15 @@ class Repo:
             series=len({r.series_idx for r in rows}),
         )
 
+    def instance_messages(self, study_key: str) -> list[str]:
+        """The stored instance messages of a study, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_instances.c.message_id).where(_instances.c.study_key == study_key)
+                .order_by(_instances.c.received_at.desc())
+            ).scalars()  # fmt: skip
+            return list(rows)
+
     def order(self, order_id: str) -> OrderRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(_orders).where(_orders.c.id == order_id)).first()

@@ -368,9 +368,16 @@ class Correlator:
 
     # -- the matcher ----------------------------------------------------------------------------
 
-    def _header(self, study: StudyRow) -> InstanceHeader:
+    def _header(self, study: StudyRow) -> InstanceHeader | None:
+        """The study's header: its first instance's, or (that one purged by retention) any other's;
+        None when every instance of the study is gone."""
         assert self.rt is not None
-        return InstanceHeader.from_dict(json.loads(self.rt.messages.read(study.header_message, "transformed")))
+        for message_id in [study.header_message, *self.repo.instance_messages(study.key)]:
+            try:
+                return InstanceHeader.from_dict(json.loads(self.rt.messages.read(message_id, "transformed")))
+            except LookupError:
+                continue
+        return None
 
     def _candidates(self, plan: Plan, study: StudyRow) -> list[_Candidate]:
         """Orders for this study by the first key kind that finds any (accession, study uid, placer, filler)."""
@@ -413,6 +420,10 @@ class Correlator:
                 return
         content = self.repo.content(study.key)
         header = self._header(study)
+        if header is None:  # purged by retention while open: nothing left to correlate
+            plan.set_study(found, study.but(state="dropped", reason="purged", stable_due=None, wait_due=None))
+            self._audit(plan, "study.dropped", [study.id], reason="purged")
+            return
         cands = self._candidates(plan, study)
         active = [c for c in cands if c.row.state not in ("cancelled", "expired")]
         if study.state == "ready" and content.hash == study.triggered_hash:

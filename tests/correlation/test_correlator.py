@@ -89,6 +89,11 @@ class World(EngineWorld):
         assert self.ctx is not None
         return sum(1 for v in self.ctx.messages.list(channel="watch", limit=500) if v.kind.startswith("record"))
 
+    def study_state(self, study_id: str) -> str | None:
+        assert self.ctx is not None
+        row = Repo(self.ctx.db).study_by_id(study_id)
+        return row.state if row else None
+
     def study(self) -> object:
         assert self.ctx is not None
         [row] = Repo(self.ctx.db).studies()
@@ -333,3 +338,32 @@ async def test_bad_input_is_kept_and_changes_nothing(world: World) -> None:
     assert failures.get("order.ignored") == 1 and failures.get("order.cancelled") == 1
     stored = [v.kind for v in world.ctx.messages.list(channel="correlation")]
     assert stored.count("record order.accepted") == 1 and stored.count("record order.cancelled") == 1
+
+
+async def test_purged_header_instance_uses_another_and_a_fully_purged_study_is_dropped(world: World) -> None:
+    """Retention may crypto-shred an open study's instances: the study goes on with a header it still
+    has, and is dropped (audited) when none is left — never an evaluation failing at every sweep."""
+    from sqlalchemy import delete, select
+
+    from engine.store.tables import AuditRow, DataKeyRow
+
+    assert world.ctx is not None
+    await world.order()
+    await world.image(0)
+    await world.image(1)
+    [study] = Repo(world.ctx.db).studies()
+    with world.ctx.db.begin() as conn:  # the header instance's data key is gone (crypto-shredded)
+        conn.execute(delete(DataKeyRow.__table__).where(DataKeyRow.__table__.c.record_id == study.header_message))
+    await world.until(lambda: len(world.emitted()) == 1)
+    assert world.emitted()[0]["instances"] == 2
+    other = "1.2.826.0.1.3680043.10.999.77"
+    await world.image(0, study=other)
+    [second] = [s for s in Repo(world.ctx.db).studies() if s.id != study.id]
+    gone = Repo(world.ctx.db).instance_messages(second.key)
+    with world.ctx.db.begin() as conn:
+        for message_id in gone:
+            conn.execute(delete(DataKeyRow.__table__).where(DataKeyRow.__table__.c.record_id == message_id))
+    await world.until(lambda: world.study_state(second.id) == "dropped")
+    with world.ctx.db.connect() as conn:
+        reasons = conn.execute(select(AuditRow.action).where(AuditRow.action == "study.dropped")).all()
+    assert len(reasons) == 1
