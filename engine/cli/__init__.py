@@ -168,14 +168,15 @@ def restore(
     passphrase_env: str = typer.Option("RADBRIDGE_KEY_PASSPHRASE", help="Environment variable with its passphrase."),
 ) -> None:
     """Restore a backup into this project's store, which must be empty (and with --keys, its keyring)."""
-    from engine.runtime.context import store_url
+    from engine.runtime.context import load_keyring, store_url
     from engine.store.backup import restore as do_restore
 
-    project = guard(lambda: load_project(root))
-    info = guard(lambda: do_restore(src, project.root, store_url(project)))
-    typer.echo(f"restored {info.messages} message(s) and {info.audit_entries} audit entries from {src}")
-    if keys is not None:
+    if keys is not None:  # the keyring first: the backup's signature is checked with it
         keys_import(keys, root, passphrase_env)
+    project = guard(lambda: load_project(root))
+    keyring = guard(lambda: load_keyring(project))
+    info = guard(lambda: do_restore(src, project.root, store_url(project), verify_key=keyring.verify_key))
+    typer.echo(f"restored {info.messages} message(s) and {info.audit_entries} audit entries from {src}")
 
 
 def _passphrase(env: str) -> str:
@@ -533,3 +534,4 @@ def studies_show(
         typer.echo(line)
 
 from engine.cli import inference as _inference  # noqa: E402,F401 - registers models, jobs, deid
+from engine.cli import users as _users  # noqa: E402,F401

@@ -13,14 +13,16 @@ Everything in it is already encrypted at rest (sealed content, wrapped data keys
 detail); the keyring is not part of it. Export the keyring separately with a passphrase
 (engine.security.key_export) and keep the two apart.
 
-`restore` checks the manifest hashes first, then restores into an empty target only. The
-manifest is not signed: the hashes catch a damaged or naively edited backup, not someone who
-rewrites files and manifest together (the audit chain's signed checkpoints still catch edits to
-the audit log, and sealed content fails to open when altered).
+* `manifest.sig`: an Ed25519 signature of `manifest.json` under the keyring's checkpoint key.
+
+`restore` checks the signature (with the keyring of the project restored into: import it first)
+and the manifest hashes, then restores into an empty target only. The hashes catch a damaged
+backup; the signature catches someone who rewrites files and manifest together.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
@@ -41,6 +45,7 @@ from engine.store.blobs import BlobFolder
 
 FORMAT = "radbridge-backup/1"
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 SQLITE_FILE = "radbridge.db"
 PG_FILE = "radbridge.pgdump"
 BLOBS = "blobs"
@@ -253,12 +258,16 @@ def backup(ctx: Any, dest: Path, *, actor: str = "radbridge backup") -> BackupIn
         blobs=len(names),
         files=files,
     )
-    fd = _create_private(dest / MANIFEST)
-    try:
-        os.write(fd, json.dumps(info.manifest(), indent=2).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    manifest = json.dumps(info.manifest(), indent=2).encode()
+    signature = {"key_id": ctx.keyring.signing_key_id,
+                 "ed25519": base64.b64encode(ctx.keyring.signing_key.sign(manifest)).decode()}  # fmt: skip
+    for name, data in ((MANIFEST, manifest), (SIGNATURE, json.dumps(signature).encode())):
+        fd = _create_private(dest / name)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     _fsync_dir(dest)
     ctx.audit.record(
         ACTION,
@@ -277,11 +286,30 @@ def backup(ctx: Any, dest: Path, *, actor: str = "radbridge backup") -> BackupIn
 # -- restore ---------------------------------------------------------------------------------------
 
 
-def read_manifest(src: Path) -> BackupInfo:
-    """Parse the manifest and check every file's SHA-256; any difference refuses the backup."""
+def _check_signature(src: Path, manifest: bytes, verify_key: Ed25519PublicKey) -> None:
+    try:
+        signature = base64.b64decode(json.loads((src / SIGNATURE).read_text())["ed25519"])
+    except FileNotFoundError:
+        raise IntegrityError(f"{src} has no {SIGNATURE}: an unsigned backup is not restored") from None
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{src / SIGNATURE} is malformed (damaged or altered backup)") from None
+    try:
+        verify_key.verify(signature, manifest)
+    except InvalidSignature:
+        raise IntegrityError(
+            "backup manifest signature does not verify: altered, or made under another keyring (import its keys first)"
+        ) from None
+
+
+def read_manifest(src: Path, verify_key: Ed25519PublicKey | None = None) -> BackupInfo:
+    """Parse the manifest — its signature checked when `verify_key` is given — and check every
+    file's SHA-256; any difference refuses the backup."""
     src = Path(src)
     try:
-        doc = json.loads((src / MANIFEST).read_text())
+        raw = (src / MANIFEST).read_bytes()
+        if verify_key is not None:
+            _check_signature(src, raw, verify_key)
+        doc = json.loads(raw)
     except FileNotFoundError:
         raise BackupError(f"{src} has no {MANIFEST}; not a radbridge backup") from None
     except ValueError:
@@ -315,7 +343,7 @@ def read_manifest(src: Path) -> BackupInfo:
             raise IntegrityError(f"backup file {name} is missing")
         if _sha256(path) != digest:
             raise IntegrityError(f"backup file {name} does not match its SHA-256 in the manifest (damaged or altered)")
-    present = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()} - {MANIFEST}
+    present = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()} - {MANIFEST, SIGNATURE}
     extra = sorted(present - set(files))
     if extra:
         raise IntegrityError(f"backup holds {len(extra)} file(s) not in the manifest, e.g. {extra[0]}")
@@ -361,13 +389,14 @@ def _blob_dir(root: Path, blob_dir: Path | None) -> Path:
     return blob_dir if blob_dir.is_absolute() else root / blob_dir
 
 
-def restore(src: Path, root: Path, store_url: str, *, blob_dir: Path | None = None) -> BackupInfo:
+def restore(src: Path, root: Path, store_url: str, *, blob_dir: Path | None = None,
+            verify_key: Ed25519PublicKey | None = None) -> BackupInfo:  # fmt: skip
     """Restore the backup folder `src` into the empty store at `store_url` and the project at `root`
     (its blob folder: `blob_dir`, or the project's store.blob_dir). Refuses a damaged or altered
     backup, a store of the other kind and a target that already holds data. The keyring is not
     restored: import it from its export (engine.security.key_export)."""
     src, root = Path(src), Path(root)
-    info = read_manifest(src)
+    info = read_manifest(src, verify_key)
     kind = _store_kind(store_url)
     if kind != info.store:
         raise BackupError(f"backup is of a {info.store} store; the target store is {kind}")

@@ -119,7 +119,7 @@ def test_backup_restore_round_trip(ctx: Context, tmp_path: Path, target_url: str
 
     # Restore into a new, empty project and open it with the imported keyring.
     root, url = _new_project(tmp_path / "restored", target_url)
-    restore(dest, root, url)
+    restore(dest, root, url, verify_key=ctx.keyring.verify_key)
     keyring_mod.write_file(import_keyring(export, PASSPHRASE), root / "keys" / "keyring.json")
     restored = open_context(root)
     try:
@@ -208,3 +208,27 @@ def test_keyring_export_round_trip_and_refusals(ctx: Context) -> None:
         export_keyring(ctx.keyring, "short")
     with pytest.raises(KeyMaterialError, match="malformed"):
         import_keyring(b"{not json", PASSPHRASE)
+
+
+
+def test_manifest_signature_catches_a_rewritten_manifest_and_another_keyring(ctx: Context, tmp_path: Path) -> None:
+    """The file hashes catch damage; the Ed25519 signature catches files and manifest rewritten together."""
+    from engine.store.backup import SIGNATURE, read_manifest
+
+    _store(ctx, _payload(2, big=False))
+    dest = tmp_path / "b"
+    backup(ctx, dest, actor="tester")
+    stored = read_manifest(dest, ctx.keyring.verify_key).messages
+    assert stored >= 1
+    manifest = json.loads((dest / MANIFEST).read_text())
+    manifest["counts"]["messages"] = stored + 1  # consistent with every file hash, yet not what was signed
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(IntegrityError, match="signature does not verify"):
+        read_manifest(dest, ctx.keyring.verify_key)
+    backup_2 = tmp_path / "b2"
+    backup(ctx, backup_2, actor="tester")
+    with pytest.raises(IntegrityError, match="another keyring"):
+        read_manifest(backup_2, keyring_mod.generate(dev=False).verify_key)
+    (backup_2 / SIGNATURE).unlink()
+    with pytest.raises(IntegrityError, match="unsigned backup"):
+        read_manifest(backup_2, ctx.keyring.verify_key)
