@@ -534,4 +534,3 @@ def studies_show(
         typer.echo(line)
 
 from engine.cli import inference as _inference  # noqa: E402,F401 - registers models, jobs, deid
-from engine.cli import users as _users  # noqa: E402,F401
