@@ -24,6 +24,7 @@ NEVER = {
     "correlation": {"connectors", "runtime", "web", "cli", "inference", "outputs"},
     "inference": {"connectors", "runtime", "web", "cli", "outputs"},
     "outputs": {"connectors", "runtime", "web", "cli"},
+    "compliance": {"web", "cli"},
 }  # fmt: skip
 
 

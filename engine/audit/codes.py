@@ -97,6 +97,19 @@ ACTIONS: dict[str, EventCodes] = {
     "study.viewed": EventCodes(PATIENT_RECORD, None, "R"),
     "study.released": EventCodes(PATIENT_RECORD, None, "U"),
     "correlation.mismatch": EventCodes(SECURITY_ALERT, None, "E"),
+    "keys.exported": EventCodes(SECURITY_ALERT, None, "R"),
+    "store.backup": EventCodes(EXPORT, None, "R"),
+    "store.restored": EventCodes(PATIENT_RECORD, None, "C"),
+    # inference, de-identification and disclosures
+    "inference.requested": EventCodes(PATIENT_RECORD, None, "E"),
+    "inference.completed": EventCodes(PATIENT_RECORD, None, "C"),
+    "inference.viewed": EventCodes(PATIENT_RECORD, None, "R"),
+    "disclosure.recorded": EventCodes(EXPORT, None, "R"),
+    "disclosure.viewed": EventCodes(PATIENT_RECORD, None, "R"),
+    "deid.exported": EventCodes(EXPORT, None, "R"),
+    "phi.reveal": EventCodes(PATIENT_RECORD, None, "R"),
+    "compliance.reported": EventCodes(AUDIT_LOG_USED, None, "R"),
+    "compliance.attested": EventCodes(SECURITY_ALERT, None, "C"),
 }
 # Actions added later still export sensibly: by their prefix, else as application activity.
 PREFIXES: dict[str, EventCodes] = {
@@ -104,6 +117,10 @@ PREFIXES: dict[str, EventCodes] = {
     "connection.": EventCodes(SECURITY_ALERT, None, "E"),
     "config.": EventCodes(SECURITY_ALERT, SOFTWARE_CONFIGURATION, "E"),
     "audit.": EventCodes(AUDIT_LOG_USED, None, "E"),
+    "auth.": EventCodes(SECURITY_ALERT, None, "E"),
+    "model.": EventCodes(SECURITY_ALERT, SOFTWARE_CONFIGURATION, "U"),
+    "result.": EventCodes(PATIENT_RECORD, None, "C"),
+    "user.": EventCodes(SECURITY_ALERT, None, "U"),
 }
 DEFAULT = EventCodes(APPLICATION_ACTIVITY, None, "E")
 

@@ -6,7 +6,7 @@ revisions build exactly these tables.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
@@ -366,6 +366,99 @@ class PriorityRaise(SQLModel, table=True):
     job_id: str = Field(max_length=36)
     message_id: str = Field(max_length=36)
     raised_at: datetime
+
+
+class User(SQLModel, table=True):
+    """A local user or service account. The password is an argon2id hash (PHC string); the TOTP secret
+    is sealed under a data key of its own. Users are disabled, never deleted (the audit names them)."""
+
+    __tablename__ = "users"
+    __table_args__ = (_NO_ROWID,)
+
+    username: str = Field(primary_key=True, max_length=64, description="not PHI, but kept out of logs")
+    display_name: str = Field(max_length=200)
+    role: str = Field(max_length=32, description="admin integration_analyst radiologist technologist auditor service")
+    password_hash: str | None = Field(default=None, max_length=256, description="argon2id; NULL: tokens only")
+    totp_record: str | None = Field(default=None, max_length=36, description="data_keys row the secret is sealed under")
+    totp_sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    totp_counter: int | None = Field(default=None, description="last TOTP time step accepted (replay protection)")
+    failed_logins: int = Field(default=0, description="failures in a row since the last success or lockout")
+    locked_until: datetime | None = None
+    disabled: bool = False
+    version: int = Field(default=0, description="bumped by every change: writers guard on it")
+    created_at: datetime
+    changed_at: datetime
+    changed_by: str = Field(max_length=120)
+    password_changed_at: datetime | None = None
+    last_login_at: datetime | None = None
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token: only the SHA-256 digest of its secret is kept; scopes within the owner's role."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (Index("ix_api_tokens_user", "username"), _NO_ROWID)
+
+    id: str = Field(primary_key=True, max_length=16, description="the token's public part (rb_<id>_...)")
+    username: str = Field(foreign_key="users.username", max_length=64)
+    label: str = Field(max_length=120)
+    digest: str = Field(max_length=64)
+    scopes: str = Field(description="JSON list of permissions")
+    created_at: datetime
+    created_by: str = Field(max_length=120)
+    expires_at: datetime
+    revoked_at: datetime | None = None
+    revoked_by: str | None = Field(default=None, max_length=120)
+    last_used_at: datetime | None = None
+
+
+class UserSession(SQLModel, table=True):
+    """A web session; the row is keyed by the SHA-256 of the cookie's session id, never the id."""
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (Index("ix_user_sessions_user", "username"), _NO_ROWID)
+
+    id_hash: str = Field(primary_key=True, max_length=64)
+    username: str = Field(foreign_key="users.username", max_length=64)
+    csrf_token: str = Field(max_length=64, description="random; worthless without the session cookie")
+    created_at: datetime
+    last_seen_at: datetime
+    ended_at: datetime | None = None
+    end_reason: str | None = Field(default=None, max_length=32, description="logout idle_timeout absolute_timeout ...")
+    peer: str | None = Field(default=None, max_length=256)
+
+
+class BreakGlassGrant(SQLModel, table=True):
+    """A break-glass elevation: reason and review note sealed (free text may name a patient)."""
+
+    __tablename__ = "break_glass_grants"
+    __table_args__ = (Index("ix_break_glass_user", "username", "expires_at"), _NO_ROWID)
+
+    id: str = Field(primary_key=True, max_length=36, description="also the data_keys row of its sealed texts")
+    username: str = Field(foreign_key="users.username", max_length=64)
+    reason_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    minutes: int
+    granted_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None = None
+    reviewed_by: str | None = Field(default=None, max_length=120)
+    reviewed_at: datetime | None = None
+    review_sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class Attestation(SQLModel, table=True):
+    """A dated organisational attestation for the compliance report (a BAA signed, a risk analysis done),
+    recorded by `radbridge compliance attest`. Never changed: a newer one for the same item supersedes it."""
+
+    __tablename__ = "attestations"
+    __table_args__ = (Index("ix_attestations_item", "item", "attested_on"), _NO_ROWID)
+
+    id: str = Field(primary_key=True, max_length=36)
+    item: str = Field(max_length=64, description="what is attested: baa, risk-analysis, ... (engine.compliance)")
+    attested_on: date = Field(description="the day it happened: signed, carried out, tested")
+    attested_by: str = Field(max_length=200, description="who attests it (a name and role, not a patient)")
+    evidence: str = Field(max_length=1000, description="where the evidence is: a document reference or a link")
+    recorded_at: datetime
 
 
 metadata = SQLModel.metadata

@@ -1,0 +1,295 @@
+"""Users in the store: accounts, password sign-in with lockout and TOTP, role changes; all audited.
+
+Takes the writer and the audit log's `event` builder from its caller (store never imports audit), and
+commits each change together with its audit entry. Reads never return the password hash or the TOTP
+secret; `authenticate` answers with a Principal or a Refusal whose reason code is what gets audited
+(never the password, never the code). An unknown user costs the same argon2 verify as a known one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, delete, null, or_, select, update
+
+from engine.core.clock import utcnow
+from engine.core.errors import PermanentError
+from engine.core.ids import new_id
+from engine.security import passwords, totp
+from engine.security.access import Principal
+from engine.security.passwords import Passwords
+from engine.security.users import AuthPolicy, Refusal, check_role, check_username
+from engine.security.vault import Vault, WrappedKey
+from engine.store.tables import BreakGlassGrant, DataKeyRow, User
+from engine.store.writer import StaleWrite, WriteItem
+
+Event = Callable[..., dict[str, Any]]
+_users = User.__table__
+_keys = DataKeyRow.__table__
+_grants = BreakGlassGrant.__table__
+_TOTP_PART = "totp"
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """What may be shown about a user: no hash, no secret."""
+
+    username: str
+    display_name: str
+    role: str
+    has_password: bool
+    totp_enrolled: bool
+    failed_logins: int
+    locked_until: datetime | None
+    disabled: bool
+    created_at: datetime
+    changed_at: datetime
+    changed_by: str
+    last_login_at: datetime | None
+    version: int
+
+    def locked(self, now: datetime) -> bool:
+        return self.locked_until is not None and now < self.locked_until
+
+
+def _row(r: Any) -> UserRow:
+    return UserRow(r.username, r.display_name, r.role, r.password_hash is not None, r.totp_sealed is not None,
+                   r.failed_logins, r.locked_until, bool(r.disabled), r.created_at,
+                   r.changed_at, r.changed_by, r.last_login_at, r.version)  # fmt: skip
+
+
+@functools.cache
+def _change(columns: tuple[str, ...]) -> Any:
+    """An admin change guarded on the row's version (StaleWrite when someone changed it meanwhile)."""
+    values: dict[str, Any] = {c: bindparam(f"p_{c}") for c in columns}
+    return (
+        update(_users)
+        .where(_users.c.username == bindparam("k_user"), _users.c.version == bindparam("k_version"))
+        .values(version=_users.c.version + 1, changed_at=bindparam("p_at"), changed_by=bindparam("p_by"), **values)
+    )
+
+
+_WHO = _users.c.username == bindparam("k_user")
+_FAILED = update(_users).where(_WHO).values(failed_logins=_users.c.failed_logins + 1)
+_LOCK = update(_users).where(_WHO).values(failed_logins=0, locked_until=bindparam("p_until"))
+_SIGNED_IN = update(_users).where(_WHO).values(failed_logins=0, locked_until=null(), last_login_at=bindparam("p_at"))
+_REHASH = update(_users).where(_WHO).values(password_hash=bindparam("p_hash"))
+# A guard: only a step later than the last one used (two sign-ins racing with one code: one wins).
+_TOTP_USED = (
+    update(_users)
+    .where(_WHO, or_(_users.c.totp_counter.is_(None), _users.c.totp_counter < bindparam("k_counter")))
+    .values(totp_counter=bindparam("p_counter"))
+)
+_DELETE_KEY = delete(_keys).where(_keys.c.record_id == bindparam("k_record"))
+
+
+def grant_in_force(conn: Connection, username: str, now: datetime) -> tuple[str, datetime] | None:
+    """The break-glass grant (id, expiry) a user holds at `now`, the one lasting longest."""
+    found = conn.execute(
+        select(_grants.c.id, _grants.c.expires_at)
+        .where(_grants.c.username == username, _grants.c.expires_at > now, _grants.c.ended_at.is_(None))
+        .order_by(_grants.c.expires_at.desc()).limit(1)
+    ).first()  # fmt: skip
+    return (found.id, found.expires_at) if found else None
+
+
+class Users:
+    def __init__(self, db: Engine, writer: Any, vault: Vault, event: Event, policy: AuthPolicy | None = None,
+                 hasher: Passwords | None = None) -> None:  # fmt: skip
+        self.db, self.writer, self.vault, self.event = db, writer, vault, event
+        self.policy = policy or AuthPolicy()
+        self.passwords = hasher or Passwords()
+
+    # reads
+
+    def _raw(self, username: str) -> Any:
+        with self.db.connect() as conn:
+            return conn.execute(select(_users).where(_users.c.username == username)).first()
+
+    def get(self, username: str) -> UserRow | None:
+        raw = self._raw(username.strip().lower())
+        return _row(raw) if raw else None
+
+    def all(self) -> list[UserRow]:
+        with self.db.connect() as conn:
+            return [_row(r) for r in conn.execute(select(_users).order_by(_users.c.username)).all()]
+
+    def _require(self, username: str) -> Any:
+        raw = self._raw(username.strip().lower())
+        if raw is None:
+            raise LookupError("no such user")
+        return raw
+
+    # changes
+
+    def _update(self, raw: Any, actor: str, now: datetime, values: dict[str, Any]) -> WriteItem:
+        params = {"k_user": raw.username, "k_version": raw.version, "p_at": now, "p_by": actor[:120]}
+        params.update({f"p_{k}": v for k, v in values.items()})
+        return WriteItem(guards=[(_change(tuple(sorted(values))), params)])
+
+    def _audit(self, item: WriteItem, action: str, actor: str, username: str, **fields: Any) -> None:
+        item.audit.append(self.event(action, actor=actor, record_ids=[f"user:{username}"], **fields))
+
+    def add(self, username: str, display_name: str, role: str, password: str | None, actor: str,
+            now: datetime | None = None) -> UserRow:  # fmt: skip
+        """A new user. Every role but service needs a password that meets the policy; service
+        accounts have none and act through API tokens only."""
+        now, name, role = now or utcnow(), check_username(username), check_role(role)
+        if role == "service" and password is not None:
+            raise PermanentError("service accounts have no password: they use API tokens")
+        if role != "service":
+            if password is None:
+                raise PermanentError("a password is required")
+            passwords.check(password, name, self.policy.password)
+        if self._raw(name) is not None:
+            raise PermanentError("that username is taken")
+        row = {"username": name, "display_name": display_name.strip()[:200] or name, "role": role,
+               "password_hash": self.passwords.hash(password) if password else None, "totp_record": None,
+               "totp_sealed": None, "totp_counter": None, "failed_logins": 0, "locked_until": None,
+               "disabled": False, "version": 0, "created_at": now, "changed_at": now,
+               "changed_by": actor[:120], "password_changed_at": now if password else None,
+               "last_login_at": None}  # fmt: skip
+        item = WriteItem(inserts=[(_users, row)])
+        self._audit(item, "user.created", actor, name, detail={"role": role, "password": password is not None})
+        self.writer.write(item)
+        return _row(self._raw(name))
+
+    def set_password(self, username: str, password: str, actor: str, now: datetime | None = None) -> None:
+        now, raw = now or utcnow(), self._require(username)
+        if raw.role == "service":
+            raise PermanentError("service accounts have no password: they use API tokens")
+        passwords.check(password, raw.username, self.policy.password)
+        item = self._update(raw, actor, now, {"password_hash": self.passwords.hash(password),
+                                              "password_changed_at": now})  # fmt: skip
+        self._audit(item, "user.password_changed", actor, raw.username)
+        self.writer.write(item)
+
+    def set_role(self, username: str, role: str, actor: str, reason: str, now: datetime | None = None) -> None:
+        now, raw, role = now or utcnow(), self._require(username), check_role(role)
+        if (raw.role == "service") != (role == "service"):
+            raise PermanentError("a service account cannot become a person's account, nor the reverse")
+        item = self._update(raw, actor, now, {"role": role})
+        self._audit(item, "user.role_changed", actor, raw.username, purpose=reason[:64] or None,
+                    detail={"from": raw.role, "to": role, "reason": reason})  # fmt: skip
+        self.writer.write(item)
+
+    def set_disabled(self, username: str, disabled: bool, actor: str, reason: str,
+                     now: datetime | None = None) -> None:  # fmt: skip
+        now, raw = now or utcnow(), self._require(username)
+        item = self._update(raw, actor, now, {"disabled": disabled})
+        self._audit(item, "user.disabled" if disabled else "user.enabled", actor, raw.username,
+                    purpose=reason[:64] or None, detail={"reason": reason})  # fmt: skip
+        self.writer.write(item)
+
+    def unlock(self, username: str, actor: str, now: datetime | None = None) -> None:
+        now, raw = now or utcnow(), self._require(username)
+        item = self._update(raw, actor, now, {"failed_logins": 0, "locked_until": None})
+        self._audit(item, "user.unlocked", actor, raw.username,
+                    detail={"was_locked_until": raw.locked_until, "failed_logins": raw.failed_logins})
+        self.writer.write(item)
+
+    def enroll_totp(self, username: str, actor: str, now: datetime | None = None) -> tuple[str, str]:
+        """A new TOTP secret, sealed under a fresh data key (the old one is shredded). Returns
+        (secret, otpauth URI): the only time either is shown."""
+        now, raw = now or utcnow(), self._require(username)
+        if raw.role == "service":
+            raise PermanentError("service accounts do not sign in, so they have no second factor")
+        secret, record_id = totp.new_secret(), new_id()
+        data_key = self.vault.new_data_key(record_id)
+        w = data_key.wrapped
+        item = self._update(raw, actor, now, {"totp_record": record_id, "totp_counter": None,
+                                              "totp_sealed": self.vault.seal(data_key, _TOTP_PART, secret.encode())})
+        item.inserts.append((_keys, {"record_id": record_id, "kek_id": w.kek_id, "kek_version": w.kek_version,
+                                     "wrapped": w.wrapped, "created_at": now}))  # fmt: skip
+        if raw.totp_record:
+            item.statements.append((_DELETE_KEY, {"k_record": raw.totp_record}))
+        self._audit(item, "user.totp_enrolled", actor, raw.username, detail={"replaced": raw.totp_record is not None})
+        self.writer.write(item)
+        return secret, totp.provisioning_uri(secret, raw.username)
+
+    # sign-in
+
+    def _secret(self, raw: Any) -> str | None:
+        with self.db.connect() as conn:
+            key = conn.execute(select(_keys).where(_keys.c.record_id == raw.totp_record)).first()
+        if key is None:
+            return None
+        data_key = self.vault.unwrap(WrappedKey(key.kek_id, key.kek_version, key.wrapped), raw.totp_record)
+        return self.vault.open(data_key, _TOTP_PART, raw.totp_sealed).decode()
+
+    def refuse(self, raw: Any, reason: str, now: datetime, peer: str | None, *, action: str = "auth.login",
+               count: bool = False, purpose: str | None = None) -> Refusal:  # fmt: skip
+        """Audit a refusal; with `count`, it is a guess: count it and lock out at the threshold."""
+        item, locked = WriteItem(), None
+        actor = f"user:{raw.username}" if raw is not None else "anonymous"
+        if raw is not None and count:
+            item.statements.append((_FAILED, {"k_user": raw.username}))
+            if raw.failed_logins + 1 >= self.policy.lockout_threshold:
+                locked = now + timedelta(minutes=self.policy.lockout_minutes)
+                item.statements.append((_LOCK, {"k_user": raw.username, "p_until": locked}))
+                item.audit.append(self.event("auth.lockout", actor=actor, outcome="failure", peer=peer,
+                                             record_ids=[f"user:{raw.username}"],
+                                             detail={"failures": raw.failed_logins + 1, "until": locked}))
+        elif raw is not None and reason == "locked":
+            locked = raw.locked_until
+        outcome = "failure" if action == "auth.login" else "denied"
+        item.audit.insert(0, self.event(action, actor=actor, outcome=outcome, peer=peer, purpose=purpose,
+                                        detail={"reason": reason}))
+        self.writer.write(item)
+        return Refusal(reason, locked)
+
+    def check_totp(self, raw: Any, code: str | None, now: datetime) -> tuple[str | None, WriteItem]:
+        """(refusal reason or None, the item that records the step used); commit the item with the
+        action it unlocks: it fails with StaleWrite when a racing request used the same step."""
+        if raw.totp_sealed is None:
+            return "totp_not_enrolled", WriteItem()
+        if not code:
+            return "totp_required", WriteItem()
+        secret = self._secret(raw)
+        if secret is None:
+            return "totp_not_enrolled", WriteItem()
+        check = totp.verify(secret, code, now, raw.totp_counter)
+        if not check.ok:
+            return ("totp_replayed" if check.outcome == "replayed" else "bad_totp"), WriteItem()
+        params = {"k_user": raw.username, "k_counter": check.counter, "p_counter": check.counter}
+        return None, WriteItem(guards=[(_TOTP_USED, params)])
+
+    def authenticate(self, username: str, password: str, totp_code: str | None, now: datetime | None = None,
+                     peer: str | None = None) -> Principal | Refusal:  # fmt: skip
+        """Password (and TOTP where the role or the user has one) sign-in. Wrong passwords and codes
+        count toward the lockout; a missing code does not (the form asks for it in a second step)."""
+        now = now or utcnow()
+        name = username.strip().lower()
+        raw = self._raw(name) if name else None
+        if raw is None or raw.disabled or raw.password_hash is None or raw.role == "service":
+            self.passwords.dummy_verify(password)
+            reason = "unknown_user" if raw is None else "disabled" if raw.disabled else "no_password"
+            return self.refuse(raw, reason, now, peer)
+        locked = raw.locked_until
+        if locked is not None and now < locked:
+            self.passwords.dummy_verify(password)
+            return self.refuse(raw, "locked", now, peer)
+        if not self.passwords.verify(raw.password_hash, password):
+            return self.refuse(raw, "bad_password", now, peer, count=True)
+        item = WriteItem()
+        if raw.role in self.policy.totp_roles or raw.totp_sealed is not None:
+            reason, item = self.check_totp(raw, totp_code, now)
+            if reason is not None:
+                return self.refuse(raw, reason, now, peer, count=reason in ("bad_totp", "totp_replayed"))
+        item.statements.append((_SIGNED_IN, {"k_user": raw.username, "p_at": now}))
+        if self.passwords.needs_rehash(raw.password_hash):  # parameters raised since it was set
+            item.statements.append((_REHASH, {"k_user": raw.username, "p_hash": self.passwords.hash(password)}))
+        item.audit.append(self.event("auth.login", actor=f"user:{raw.username}", peer=peer,
+                                     detail={"via": "password", "totp": bool(item.guards)}))  # fmt: skip
+        try:
+            self.writer.write(item)
+        except StaleWrite:
+            return self.refuse(raw, "totp_replayed", now, peer, count=True)
+        with self.db.connect() as conn:
+            grant = grant_in_force(conn, raw.username, now)
+        return Principal(raw.username, raw.role, "password", break_glass_until=grant[1] if grant else None,
+                         break_glass_id=grant[0] if grant else None)  # fmt: skip
