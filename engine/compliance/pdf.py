@@ -54,7 +54,9 @@ def html_to_pdf(page: str, out: Path, *, browser: str | None = None, timeout_s: 
     with tempfile.TemporaryDirectory(prefix="radbridge-pdf-") as tmp:
         source = Path(tmp) / "report.html"
         source.write_text(page, encoding="utf-8")
-        argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
+        # No background networking: the report is a local file, and a closed network refuses those calls.
+        argv = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={Path(tmp) / 'profile'}", f"--print-to-pdf={out}", source.as_uri()]  # fmt: skip
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
