@@ -53,7 +53,7 @@ CHANNEL = """\
     destinations:
       - name: peer
         kind: test-busy
-        retry: {max_attempts: 5, backoff_s: 0.01, max_backoff_s: 0.02}
+        retry: {max_attempts: 5, backoff_s: 0.5, max_backoff_s: 0.5}  # wide enough to see the queued attempt
     """
 ORM = b"MSH|^~\\&|RIS|HOSP|RB|HOSP|20261121||ORM^O01|C1|P|2.3.1\rZZZ|x\r"
 
