@@ -12,7 +12,6 @@ queued message of this channel — a transactional outbox, so a record goes out 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from engine.core.clock import utcnow
 from engine.core.component import ComponentContext, Inbound, Outcome, Problem, Sink
 from engine.core.ids import new_id
 from engine.core.registry import register
+from engine.core.sweeper import Sweeper
 from engine.correlation.config import CorrelationConfig
 from engine.correlation.keys import keys, patient_key
 from engine.correlation.match import patient_mismatch, ready_fields
@@ -83,8 +83,7 @@ class Correlator:
         self.actor = f"service:correlation/{ctx.channel}"
         self._lock = asyncio.Lock()
         self._sinks: list[Sink] = []
-        self._sweeper: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._sweeper: Sweeper | None = None
         self.rt: Runtime | None = None
         self.destinations: list[str] = []
         self.wake: Callable[[], None] = lambda: None
@@ -111,34 +110,16 @@ class Correlator:
             raise RuntimeError("the correlation stage runs inside the engine")
         for topic in self.config.topics:
             self.ctx.topics.subscribe(topic, self.receive)
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name=f"correlation sweeper {self.channel}")
+        self._sweeper = Sweeper(f"correlation/{self.channel}", self.config.sweep_s, self.leases, self.sweep_once, log)
+        self._sweeper.start()
         return [f"correlation of {', '.join(self.config.topics)}"]
 
     async def stop(self) -> None:
-        self._stopping = True
         unsubscribe = getattr(self.ctx.topics, "unsubscribe", None)
         if unsubscribe is not None:
             unsubscribe(self.receive)
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        if self.leases is not None:
-            with contextlib.suppress(Exception):  # it expires by itself anyway
-                await asyncio.to_thread(self.leases.release, self._lease)
-
-    @property
-    def _lease(self) -> str:
-        return f"sweep:correlation/{self.channel}"
-
-    async def _sweep_forever(self) -> None:
-        while not self._stopping:
-            try:
-                if self.leases is None or await asyncio.to_thread(self.leases.claim, self._lease):
-                    await self.sweep_once()
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.error("correlation %s: sweep failed: %s", self.channel, type(exc).__name__)
-            await asyncio.sleep(self.config.sweep_s)
+            await self._sweeper.stop()
 
     async def sweep_once(self) -> int:
         """Fire every timer that has run out; returns how many were handled."""

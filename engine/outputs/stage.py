@@ -18,7 +18,6 @@ guarded on its version (another engine changing it makes this one decide again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +29,7 @@ from engine.core.component import ComponentContext, Inbound, Outcome, Problem, S
 from engine.core.records import InferenceResult, PriorityUpdate
 from engine.core.registry import register
 from engine.core.result import PRIORITY_ORDER
+from engine.core.sweeper import Sweeper
 from engine.correlation.keys import keys
 from engine.correlation.repo import OrderRow, Repo
 from engine.outputs.config import OutputsConfig
@@ -63,7 +63,7 @@ class OutputsStage:
         self.wake: Callable[[], None] = lambda: None
         self.leases: Any = None
         self._lock = asyncio.Lock()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: Sweeper | None = None
 
     def bind(self, runtime: Any, destinations: list[str], wake: Callable[[], None], leases: Any, *_: Any) -> None:
         self.rt, self.destinations, self.wake, self.leases = runtime, destinations, wake, leases
@@ -75,7 +75,8 @@ class OutputsStage:
             raise RuntimeError("the outputs stage runs inside the engine")
         for topic in self.config.topics:
             self.ctx.topics.subscribe(topic, self.receive)
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name=f"outputs sweeper {self.channel}")
+        self._sweeper = Sweeper(f"outputs/{self.channel}", self.config.sweep_s, self.leases, self.sweep_once, log)
+        self._sweeper.start()
         return [f"outputs of {', '.join(self.config.topics)}"]
 
     async def stop(self) -> None:
@@ -83,18 +84,7 @@ class OutputsStage:
         if unsubscribe is not None:
             unsubscribe(self.receive)
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                if self.leases is None or await asyncio.to_thread(self.leases.claim, f"sweep:outputs/{self.channel}"):
-                    await self.sweep_once()
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.error("outputs %s: sweep failed: %s", self.channel, type(exc).__name__)
-            await asyncio.sleep(self.config.sweep_s)
+            await self._sweeper.stop()
 
     async def sweep_once(self) -> int:
         """Withdraw the reports of recalled model versions; returns how many."""

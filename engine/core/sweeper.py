@@ -1,0 +1,39 @@
+"""A built-in stage's periodic sweep (timers, recalls), run by one engine at a time under a lease:
+another engine takes over when this one stops or dies (the lease expires)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class Sweeper:
+    def __init__(self, name: str, interval_s: float, leases: Any, sweep: Callable[[], Awaitable[Any]],
+                 log: logging.Logger) -> None:  # fmt: skip
+        self.name, self.interval_s, self.leases, self.sweep, self.log = name, interval_s, leases, sweep, log
+        self.lease = f"sweep:{name}"
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self.name} sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.leases is not None:
+            with contextlib.suppress(Exception):  # it expires by itself anyway
+                await asyncio.to_thread(self.leases.release, self.lease)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.leases is None or await asyncio.to_thread(self.leases.claim, self.lease):
+                    await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                self.log.error("%s: sweep failed: %s", self.name, type(exc).__name__)
+            await asyncio.sleep(self.interval_s)
