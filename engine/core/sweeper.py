@@ -51,3 +51,39 @@ class Sweeper:
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 self.log.error("%s: sweep failed: %s", self.name, type(exc).__name__)
             await asyncio.sleep(self.interval_s)
+
+
+class SweptStage:
+    """What the correlation and outputs stages share: they read their topics (config.topics) into
+    `receive`, and run `sweep_once` every config.sweep_s under a lease. Subclasses set `label`."""
+
+    label = "stage"
+    ctx: Any
+    config: Any
+    rt: Any
+    leases: Any
+    _sweeper: Sweeper | None
+
+    async def receive(self, inbound: Any) -> Any:
+        raise NotImplementedError
+
+    async def sweep_once(self) -> int:
+        raise NotImplementedError
+
+    async def start(self, sink: Any) -> list[str]:
+        if self.rt is None or self.ctx.topics is None:
+            raise RuntimeError(f"the {self.label} stage runs inside the engine")
+        for topic in self.config.topics:
+            self.ctx.topics.subscribe(topic, self.receive)
+        log = logging.getLogger(f"radbridge.{self.label}")
+        self._sweeper = Sweeper(f"{self.label}/{self.ctx.channel}", self.config.sweep_s, self.leases, self.sweep_once,
+                                log)  # fmt: skip
+        self._sweeper.start()
+        return [f"{self.label} of {', '.join(self.config.topics)}"]
+
+    async def stop(self) -> None:
+        unsubscribe = getattr(self.ctx.topics, "unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe(self.receive)
+        if self._sweeper is not None:
+            await self._sweeper.stop()

@@ -23,7 +23,7 @@ from engine.core.clock import utcnow
 from engine.core.component import ComponentContext, Inbound, Outcome, Problem, Sink
 from engine.core.ids import new_id
 from engine.core.registry import register
-from engine.core.sweeper import Sweeper
+from engine.core.sweeper import Sweeper, SweptStage
 from engine.correlation.config import CorrelationConfig
 from engine.correlation.keys import keys, patient_key
 from engine.correlation.match import patient_mismatch, ready_fields
@@ -74,7 +74,8 @@ class Plan:
 
 
 @register("source", "correlation")
-class Correlator:
+class Correlator(SweptStage):
+    label = "correlation"
     Config = CorrelationConfig
 
     def __init__(self, config: CorrelationConfig, ctx: ComponentContext) -> None:
@@ -102,24 +103,6 @@ class Correlator:
         self.rt, self.destinations, self.wake, self.leases = runtime, destinations, wake, leases
         self.late_series = late_series
         self.repo = Repo(runtime.db)
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self, sink: Sink) -> list[str]:
-        if self.rt is None or self.ctx.topics is None:
-            raise RuntimeError("the correlation stage runs inside the engine")
-        for topic in self.config.topics:
-            self.ctx.topics.subscribe(topic, self.receive)
-        self._sweeper = Sweeper(f"correlation/{self.channel}", self.config.sweep_s, self.leases, self.sweep_once, log)
-        self._sweeper.start()
-        return [f"correlation of {', '.join(self.config.topics)}"]
-
-    async def stop(self) -> None:
-        unsubscribe = getattr(self.ctx.topics, "unsubscribe", None)
-        if unsubscribe is not None:
-            unsubscribe(self.receive)
-        if self._sweeper is not None:
-            await self._sweeper.stop()
 
     async def sweep_once(self) -> int:
         """Fire every timer that has run out; returns how many were handled."""

@@ -25,11 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.core.clock import utcnow
-from engine.core.component import ComponentContext, Inbound, Outcome, Problem, Sink
+from engine.core.component import ComponentContext, Inbound, Outcome, Problem
 from engine.core.records import InferenceResult, PriorityUpdate
 from engine.core.registry import register
 from engine.core.result import PRIORITY_ORDER
-from engine.core.sweeper import Sweeper
+from engine.core.sweeper import Sweeper, SweptStage
 from engine.correlation.keys import keys
 from engine.correlation.repo import OrderRow, Repo
 from engine.outputs.config import OutputsConfig
@@ -51,7 +51,8 @@ def update_id(study_id: str, level: str) -> str:
 
 
 @register("source", "outputs")
-class OutputsStage:
+class OutputsStage(SweptStage):
+    label = "outputs"
     Config = OutputsConfig
 
     def __init__(self, config: OutputsConfig, ctx: ComponentContext) -> None:
@@ -69,22 +70,6 @@ class OutputsStage:
         self.rt, self.destinations, self.wake, self.leases = runtime, destinations, wake, leases
         self.reports = Reports(runtime.db)
         self.repo = Repo(runtime.db)
-
-    async def start(self, sink: Sink) -> list[str]:
-        if self.rt is None or self.ctx.topics is None:
-            raise RuntimeError("the outputs stage runs inside the engine")
-        for topic in self.config.topics:
-            self.ctx.topics.subscribe(topic, self.receive)
-        self._sweeper = Sweeper(f"outputs/{self.channel}", self.config.sweep_s, self.leases, self.sweep_once, log)
-        self._sweeper.start()
-        return [f"outputs of {', '.join(self.config.topics)}"]
-
-    async def stop(self) -> None:
-        unsubscribe = getattr(self.ctx.topics, "unsubscribe", None)
-        if unsubscribe is not None:
-            unsubscribe(self.receive)
-        if self._sweeper is not None:
-            await self._sweeper.stop()
 
     async def sweep_once(self) -> int:
         """Withdraw the reports of recalled model versions; returns how many."""
