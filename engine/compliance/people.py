@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 
 from engine.compliance.evidence import Evidence, Item
+from engine.config.auth import AuthPolicy
 from engine.security.access import ROLES
-from engine.security.users import AuthPolicy
 from engine.store.tables import BreakGlassGrant, User
 
 _users, _grants = User.__table__, BreakGlassGrant.__table__

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from engine.config.auth import AuthPolicy
 from engine.config.tls import ServerTls
 
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
@@ -174,6 +175,7 @@ class EngineConfig(Strict):
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="How long data is kept.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit log settings.")
     site: SiteConfig = Field(default_factory=SiteConfig, description="Facts about the site.")
+    auth: AuthPolicy = Field(default_factory=AuthPolicy, description="Sign-in rules, sessions and optional OIDC.")
     channels: list[RelPath] = Field(
         default_factory=lambda: ["channels/*.yaml"],
         description="Glob patterns, relative to the project root, of the channel files to load.",

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from engine.config.auth import ROLES  # noqa: F401 - the roles, named where the matrix is
 from engine.core.errors import PermanentError
-
-ROLES = ("admin", "integration_analyst", "radiologist", "technologist", "auditor", "service")
 
 PERMISSIONS: dict[str, str] = {
     "channels.view": "see channels, their state and queue depths",

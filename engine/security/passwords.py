@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from pydantic import BaseModel, ConfigDict, Field
 
+from engine.config.auth import PasswordPolicy
 from engine.core.errors import PermanentError
 
 # A small list of the passwords tried first by every guessing tool; compared with trailing digits and
@@ -32,21 +32,6 @@ PROBLEMS = {
     "common": "is a commonly used password",
     "too_few_classes": "needs more kinds of characters (lower case, upper case, digits, symbols) or more length",
 }
-
-
-class PasswordPolicy(BaseModel):
-    """What a new password must meet. Checked when it is set, never at login."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_length: int = Field(12, ge=8, le=128, description="Minimum length in characters.")
-    passphrase_length: int = Field(
-        16, ge=8, le=256, description="From this length on, a passphrase needs no particular kinds of characters."
-    )
-    min_classes: int = Field(
-        3, ge=1, le=4, description="Kinds of characters (lower, upper, digit, symbol) a shorter password needs."
-    )
-    max_length: int = Field(1024, ge=64, le=4096, description="Longest accepted (bounds the hashing work).")
 
 
 class PasswordRejected(PermanentError):

@@ -16,17 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class SessionPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    idle_minutes: int = Field(15, ge=1, le=240, description="A session unused this long ends.")
-    absolute_hours: int = Field(8, ge=1, le=24, description="A session ends this long after sign-in, used or not.")
-    touch_seconds: int = Field(
-        60, ge=0, le=600, description="Record a session's use at most this often (one write per request is waste)."
-    )
+from engine.config.auth import SessionPolicy
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from engine.core.errors import PermanentError
 from engine.security.access import ROLES
-from engine.security.passwords import PasswordPolicy
-from engine.security.sessions import SessionPolicy
 
 _USERNAME = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
 
@@ -39,27 +35,6 @@ REFUSALS = {
     "unknown_session": "no such session",
     "role_changed": "the owner's role no longer allows any of the token's scopes",
 }
-
-
-class AuthPolicy(BaseModel):
-    """Sign-in rules. Field descriptions are the documentation (docs/access.md repeats the defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lockout_threshold: int = Field(5, ge=1, le=100, description="Failed sign-ins in a row that lock the user out.")
-    lockout_minutes: int = Field(15, ge=1, le=1440, description="How long a lockout lasts.")
-    totp_roles: list[str] = Field(["admin"], description="Roles that must sign in with a TOTP code.")
-    token_max_days: int = Field(365, ge=1, le=3650, description="Longest lifetime of an API token.")
-    password: PasswordPolicy = Field(default_factory=PasswordPolicy, description="Rules for new passwords.")
-    sessions: SessionPolicy = Field(default_factory=SessionPolicy, description="Web session timeouts.")
-
-    @field_validator("totp_roles")
-    @classmethod
-    def _known_roles(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(ROLES))
-        if unknown:
-            raise ValueError(f"unknown role(s): {', '.join(unknown)}")
-        return value
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, select, update
 
+from engine.config.auth import AuthPolicy, SessionPolicy
 from engine.core.clock import utcnow
 from engine.core.errors import PermanentError
 from engine.security import sessions, tokens
 from engine.security.access import MATRIX, Principal
-from engine.security.sessions import SessionPolicy
-from engine.security.users import AuthPolicy, Refusal
+from engine.security.users import Refusal
 from engine.store.tables import ApiToken, User, UserSession
 from engine.store.users import Event, grant_in_force
 from engine.store.writer import WriteItem

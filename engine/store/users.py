@@ -16,13 +16,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, null, or_, select, update
 
+from engine.config.auth import AuthPolicy
 from engine.core.clock import utcnow
 from engine.core.errors import PermanentError
 from engine.core.ids import new_id
 from engine.security import passwords, totp
 from engine.security.access import Principal
 from engine.security.passwords import Passwords
-from engine.security.users import AuthPolicy, Refusal, check_role, check_username
+from engine.security.users import Refusal, check_role, check_username
 from engine.security.vault import Vault, WrappedKey
 from engine.store.tables import BreakGlassGrant, DataKeyRow, User
 from engine.store.writer import StaleWrite, WriteItem

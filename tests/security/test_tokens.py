@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from engine.config.auth import SessionPolicy
 from engine.core.errors import PermanentError
 from engine.security import sessions, tokens
 from engine.security.access import Principal, allowed
@@ -174,7 +175,7 @@ def test_session_ends_when_the_user_is_disabled_and_sees_role_changes(repos) -> 
 
 
 def test_session_policy_and_csrf() -> None:
-    policy = sessions.SessionPolicy()
+    policy = SessionPolicy()
     assert (policy.idle_minutes, policy.absolute_hours) == (15, 8)
     assert sessions.state(NOW, NOW, NOW + timedelta(minutes=14), policy) == "active"
     assert sessions.state(NOW, NOW, NOW + timedelta(minutes=15), policy) == "idle_timeout"

@@ -9,11 +9,12 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
+from engine.config.auth import AuthPolicy, PasswordPolicy
 from engine.core.errors import PermanentError
 from engine.security import passwords, totp
 from engine.security.access import Principal
-from engine.security.passwords import PasswordPolicy, PasswordRejected, Passwords
-from engine.security.users import AuthPolicy, Refusal, check_username
+from engine.security.passwords import PasswordRejected, Passwords
+from engine.security.users import Refusal, check_username
 from engine.store.tables import DataKeyRow, User
 from engine.store.users import Users
 
