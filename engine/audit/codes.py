@@ -108,6 +108,14 @@ ACTIONS: dict[str, EventCodes] = {
     "disclosure.viewed": EventCodes(PATIENT_RECORD, None, "R"),
     "deid.exported": EventCodes(EXPORT, None, "R"),
     "phi.reveal": EventCodes(PATIENT_RECORD, None, "R"),
+    # the web: a person looking at patient-bearing lists, their feedback on AI findings, operators' actions
+    "worklist.viewed": EventCodes(PATIENT_RECORD, None, "R"),
+    "finding.feedback": EventCodes(PATIENT_RECORD, None, "C"),
+    "channel.started": EventCodes(APPLICATION_ACTIVITY, APPLICATION_START, "E"),
+    "channel.stopped": EventCodes(APPLICATION_ACTIVITY, APPLICATION_STOP, "E"),
+    "dead_letter.retried": EventCodes(EXPORT, None, "R"),
+    "dead_letter.discarded": EventCodes(PATIENT_RECORD, None, "D"),
+    "audit.viewed": EventCodes(AUDIT_LOG_USED, None, "R"),
     "compliance.reported": EventCodes(AUDIT_LOG_USED, None, "R"),
     "compliance.attested": EventCodes(SECURITY_ALERT, None, "C"),
 }

@@ -24,6 +24,7 @@ studies_app = typer.Typer(help="Studies being assembled and correlated: list, sh
 app.add_typer(messages_app, name="messages")
 app.add_typer(studies_app, name="studies")
 
+
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -36,6 +37,7 @@ def run(root: Path = ROOT) -> None:
     from engine.runtime.context import open_context
     from engine.runtime.lint import lint_all
     from engine.runtime.serve import serve
+    from engine.web.app import for_engine
 
     setup_logging()
     problems = lint_all([], root)  # a bad channel or mapping stops the start, before anything listens
@@ -47,7 +49,7 @@ def run(root: Path = ROOT) -> None:
     try:
         # uvloop: the same asyncio API with libuv underneath; it takes a large share of the per-message
         # socket and scheduling cost off the ingest path.
-        uvloop.run(serve(ctx, announce=lambda line: typer.echo(line)))
+        uvloop.run(serve(ctx, for_engine, announce=lambda line: typer.echo(line)))
     finally:
         ctx.close()
 
@@ -543,6 +545,7 @@ def studies_show(
         ctx.close()
     for line in lines:
         typer.echo(line)
+
 
 from engine.cli import compliance as _compliance  # noqa: E402,F401
 from engine.cli import inference as _inference  # noqa: E402,F401 - registers models, jobs, deid

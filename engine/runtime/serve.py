@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
@@ -21,7 +22,6 @@ from engine.runtime.engine import Engine
 from engine.security.tls import server_context_for
 from engine.store.leases import Leases, holder_id
 from engine.store.retention import PurgeReport, purge, sweep_orphan_blobs
-from engine.web.app import create_app
 
 log = logging.getLogger("radbridge")
 ACTOR = "service:engine"
@@ -40,7 +40,13 @@ def model_callback(job_id: str, body: bytes, token: str) -> int:
     return 200
 
 
-def _ready(ctx: Context) -> tuple[bool, dict[str, str]]:
+# Builds the HTTP application the listeners serve: (context, engine) -> ASGI app. The CLI passes the
+# web layer's (the runtime does not import web: web is built on the runtime, not the other way).
+WebFactory = Callable[[Context, Engine], Any]
+
+
+def ready(ctx: Context) -> tuple[bool, dict[str, str]]:
+    """Whether the engine can accept work, with a reason per failed check (GET /ready)."""
     checks = {}
     try:
         with ctx.db.connect() as conn:
@@ -103,7 +109,7 @@ async def reload(ctx: Context, engine: Engine) -> str:
     return f"reloaded: {', '.join(changed) or 'no channel changed'}"
 
 
-async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
+async def serve(ctx: Context, web: WebFactory, announce: Callable[[str], None] = print) -> None:
     """Run until a stop signal; audits start, the configuration loaded, and stop."""
     engine_cfg = ctx.project.engine
     ctx.audit.record("engine.started", actor=ACTOR, detail={"version": __version__, "config": ctx.project.hash})
@@ -117,7 +123,8 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     scheduler.add_job(_retention, "cron", hour=3, minute=17, args=[ctx], id="retention", max_instances=1, coalesce=True)
     scheduler.start()
 
-    app = create_app(lambda: _ready(ctx), model_callback)
+    engine = Engine(ctx)
+    app = web(ctx, engine)
     servers = []
     for listener in engine_cfg.listeners:
         tls = None
@@ -135,7 +142,6 @@ async def serve(ctx: Context, announce: Callable[[str], None] = print) -> None:
     tasks = [asyncio.create_task(server.serve()) for _, server in servers]
     forwarder = _forwarder(ctx)
     forwarding = asyncio.create_task(forwarder.run(stop)) if forwarder else None
-    engine = Engine(ctx)
     try:
         while not all(server.started for _, server in servers):
             if any(t.done() for t in tasks):

@@ -44,7 +44,9 @@ LABELS = """
 
 def oip_model(url: str, *, timeout: float = 5, attempts: int = 3, state: str = "active", concurrency: int = 1,
               name: str = "ich-ct", version: str = "1.2.0") -> str:  # fmt: skip
-    return textwrap.indent(textwrap.dedent(f"""\
+    return (
+        textwrap.indent(
+            textwrap.dedent(f"""\
         - name: {name}
           version: "{version}"
           kind: oip
@@ -55,11 +57,16 @@ def oip_model(url: str, *, timeout: float = 5, attempts: int = 3, state: str = "
           timeout_s: {timeout}
           max_attempts: {attempts}
           concurrency: {concurrency}
-          preprocessing: {{shape: [4, 8, 8], window: {{center: 40, width: 80}}, dtype: float32}}"""), "    ") + LABELS
+          preprocessing: {{shape: [4, 8, 8], window: {{center: 40, width: 80}}, dtype: float32}}"""),
+            "    ",
+        )
+        + LABELS
+    )
 
 
 def upload_model(url: str, ca: Path) -> str:
-    return textwrap.indent(textwrap.dedent(f"""\
+    return textwrap.indent(
+        textwrap.dedent(f"""\
         - name: vendor-ct
           version: "3.1"
           kind: upload
@@ -69,7 +76,9 @@ def upload_model(url: str, ca: Path) -> str:
           evidence: https://qms.example.org/validation/vendor-ct
           timeout_s: 5
           max_attempts: 2
-          tls: {{ca: {ca}}}"""), "    ")
+          tls: {{ca: {ca}}}"""),
+        "    ",
+    )
 
 
 def project(root: Path, store_url: str | None, models: str, rule_models: str, extra: str = "") -> Path:
@@ -184,7 +193,11 @@ async def test_ready_study_runs_once_and_emits_one_audited_result(world: World, 
     [completed] = world.audit("inference.completed")
     detail = world.ctx.audit.open_detail(completed.id, completed.detail)
     assert (detail["model"], detail["version"], detail["trigger"], detail["channel"]) == (
-        "ich-ct", "1.2.0", "neuro/head-ct", "inference")
+        "ich-ct",
+        "1.2.0",
+        "neuro/head-ct",
+        "inference",
+    )
     assert detail["input_digest"] == job.input_digest and detail["output_digest"] == job.output_digest
     assert detail["ms"] >= 0 and detail["findings"] == 2 and detail["critical"] is True
     assert job.input_digest and len(job.input_digest) == 64 and job.output_digest and len(job.output_digest) == 64
@@ -387,12 +400,17 @@ async def test_callback_result_arrives_through_the_engine_api(tmp_path: Path, st
 
     from engine.runtime.serve import model_callback
     from engine.web.app import create_app
+    from engine.web.site import Site
+
+    api_root = write_project(tmp_path / "api")  # the API's own store: the callback route needs none of it
+    keyring.write_file(keyring.generate(dev=False), api_root / "keys" / "keyring.json")
+    api_ctx = open_context(api_root)
 
     upload = UploadServer()
     upload.result = {"findings": [{"system": "http://snomed.info/sct", "code": "1386000",
                                    "display": "Intracranial hemorrhage", "score": 0.97}]}  # fmt: skip
     certs = make_certs(tmp_path / "tls")
-    with serve(create_app(lambda: (True, {}), model_callback)) as api, \
+    with serve(create_app(Site.open(api_ctx, lambda: (True, {}), callback=model_callback))) as api, \
             serve(upload.app(), server_context(str(certs.server_cert), str(certs.server_key))) as url:  # fmt: skip
         refused = httpx.post(f"{api}/inference/callbacks/no-such-job", content=b"{}",
                              headers={"X-Radbridge-Callback-Token": "guess"})  # fmt: skip
@@ -416,6 +434,7 @@ async def test_callback_result_arrives_through_the_engine_api(tmp_path: Path, st
             [result] = world.results()
         finally:
             await world.stop()
+            api_ctx.close()
     assert upload.delivered == [200]
     assert [f["code"] for f in result["result"]["findings"]] == ["1386000"]
 
