@@ -30,8 +30,9 @@ def _repos(ctx: Any) -> dict[str, Any]:
     from engine.store.credentials import Tokens
     from engine.store.users import Users
 
-    users = Users(ctx.db, ctx.writer, ctx.vault, ctx.audit.event)
-    return {"users": users, "tokens": Tokens(ctx.db, ctx.writer, ctx.audit.event),
+    policy = ctx.project.engine.auth  # the site's lockout, TOTP, password and token rules
+    users = Users(ctx.db, ctx.writer, ctx.vault, ctx.audit.event, policy)
+    return {"users": users, "tokens": Tokens(ctx.db, ctx.writer, ctx.audit.event, policy),
             "grants": BreakGlass(ctx.db, ctx.writer, ctx.vault, ctx.audit.event, users)}  # fmt: skip
 
 

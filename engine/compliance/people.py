@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import select
 
 from engine.compliance.evidence import Evidence, Item
-from engine.config.auth import AuthPolicy
 from engine.security.access import ROLES
 from engine.store.tables import BreakGlassGrant, User
 
@@ -19,7 +18,7 @@ REVIEW_WITHIN = timedelta(days=7)  # an ended elevation not reviewed by then nee
 
 def users_and_authentication(ev: Evidence) -> Item:
     title, cite = "Users per role, second factor, lockout", "§164.312(a)(2)(i), §164.312(d)"
-    policy = AuthPolicy()
+    policy = ev.ctx.project.engine.auth  # the site's configured rules, not the defaults
     with ev.ctx.db.connect() as conn:
         rows = conn.execute(select(_users.c.role, _users.c.disabled, _users.c.totp_sealed.is_not(None).label("totp"),
                                    _users.c.password_hash.is_not(None).label("pw"))).all()  # fmt: skip

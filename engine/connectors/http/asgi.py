@@ -15,6 +15,7 @@ class Config(uvicorn.Config):
     (set after load(); `ssl_context_factory` would do the same but needs uvicorn 0.47)."""
 
     def __init__(self, app: Any, tls: ssl.SSLContext | None, **kwargs: Any) -> None:
+        kwargs.setdefault("server_header", False)  # no product/version banner for scanners
         super().__init__(app, **kwargs)
         self._tls = tls
 
