@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from engine.core.lease import OwnedLease
 
 
 class Sweeper:
@@ -16,11 +17,8 @@ class Sweeper:
                  log: logging.Logger) -> None:  # fmt: skip
         self.name, self.interval_s, self.leases, self.sweep, self.log = name, interval_s, leases, sweep, log
         self.lease = f"sweep:{name}"
+        self._owned = OwnedLease(leases, self.lease) if leases is not None else None
         self._task: asyncio.Task[None] | None = None
-        # A claim runs in a worker thread that a cancelled task does not stop: stop() must not release
-        # the lease before such a claim ends, or the claim would take it back for a stopped engine.
-        self._guard = threading.Lock()
-        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.name} sweeper")
@@ -30,23 +28,14 @@ class Sweeper:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.leases is not None:
+        if self._owned is not None:
             with contextlib.suppress(Exception):  # it expires by itself anyway
-                await asyncio.to_thread(self._release)
-
-    def _claim(self) -> bool:
-        with self._guard:
-            return not self._stopped and bool(self.leases.claim(self.lease))
-
-    def _release(self) -> None:
-        with self._guard:
-            self._stopped = True
-            self.leases.release(self.lease)
+                await asyncio.to_thread(self._owned.release)
 
     async def _run(self) -> None:
         while True:
             try:
-                if self.leases is None or await asyncio.to_thread(self._claim):
+                if self._owned is None or await asyncio.to_thread(self._owned.claim):
                     await self.sweep()
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 self.log.error("%s: sweep failed: %s", self.name, type(exc).__name__)

@@ -20,6 +20,7 @@ from engine.config.schema import RetryPolicy
 from engine.core.clock import utcnow
 from engine.core.component import Destination, Outbound
 from engine.core.errors import PermanentError, RetryableError
+from engine.core.lease import OwnedLease
 from engine.runtime.context import Context
 from engine.store.leases import Leases
 from engine.store.queue import Due, Queues, backoff
@@ -55,6 +56,7 @@ class DeliveryWorker:
         self.leases = leases
         self._lease = f"deliver:{channel}/{name}"
         self._lease_until = 0.0  # monotonic time until which our lease surely holds
+        self._owned = OwnedLease(leases, self._lease) if leases is not None else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deliver {self.channel}/{self.name}")
@@ -73,21 +75,21 @@ class DeliveryWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.leases is not None and self._lease_until:
+        if self._owned is not None:
             with contextlib.suppress(Exception):  # it expires by itself anyway
-                await asyncio.to_thread(self.leases.release, self._lease)
+                await asyncio.to_thread(self._owned.release)
         await self.destination.close()
 
     async def _hold_lease(self) -> bool:
         """Several engines on one store: only the lease holder works this queue (in order); a dead
         holder's lease runs out and another engine takes over. Renewed at half its time."""
-        if self.leases is None:
+        if self.leases is None or self._owned is None:
             return True
         ttl = self.leases.ttl.total_seconds()
         if time.monotonic() < self._lease_until - ttl / 2:
             return True
         started = time.monotonic()
-        if await asyncio.to_thread(self.leases.claim, self._lease):
+        if await asyncio.to_thread(self._owned.claim):
             self._lease_until = started + ttl
             return True
         self._lease_until = 0.0
