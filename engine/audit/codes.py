@@ -153,6 +153,10 @@ PURPOSES: dict[str, Code] = {
     "research": ("HRESCH", "healthcare research"),
 }
 
+# What the audit log's clear `purpose` column may hold; anything else is sealed in the detail as
+# purpose_text and the column says "other". BTG: break the glass (HL7 v3 ActReason).
+PURPOSE_CODES = frozenset({*PURPOSES, *(code for code, _ in PURPOSES.values()), "BTG", "other"})
+
 
 def purpose_coding(purpose: str) -> tuple[str, str, str]:
     """(system, code, display): a v3 ActReason where one fits, else our own code system."""

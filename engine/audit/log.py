@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 
 from engine.audit.chain import GENESIS, link
+from engine.audit.codes import PURPOSE_CODES
 from engine.core.clock import iso
 from engine.core.ids import new_id
 from engine.security.vault import AuditSealer
@@ -78,6 +79,11 @@ class AuditLog:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown audit outcome {outcome!r}")
         entry_id = new_id()
+        if purpose is not None and purpose not in PURPOSE_CODES:
+            # Free text (a --reason, a form field) may name a patient: the clear column keeps a code only,
+            # the words go into the sealed detail.
+            detail = {**(detail or {}), "purpose_text": purpose}
+            purpose = "other"
         sealed = None
         if detail:
             sealed = self.sealer.seal(entry_id, json.dumps(detail, sort_keys=True, default=str).encode())

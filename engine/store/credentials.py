@@ -115,7 +115,7 @@ class Tokens:
         if row.revoked_at is not None:
             raise PermanentError("the token is already revoked")
         item = WriteItem(guards=[(_REVOKE, {"k_id": token_id, "p_at": now, "p_by": actor[:120]})])
-        item.audit.append(self.event("token.revoked", actor=actor, purpose=reason[:64] or None,
+        item.audit.append(self.event("token.revoked", actor=actor,
                                      record_ids=[token_id, f"user:{row.username}"], detail={"reason": reason}))
         self.writer.write(item)
 

@@ -224,6 +224,7 @@ class Messages:
         channel: str | None = None,
         status: str | None = None,
         since: datetime | None = None,
+        until: datetime | None = None,
         index: tuple[str, str] | None = None,
         ids: Iterable[str] | None = None,
         limit: int = 50,
@@ -236,6 +237,8 @@ class Messages:
             query = query.where(_messages.c.status == status)
         if since:
             query = query.where(_messages.c.received_at >= since)
+        if until:  # exclusive, so consecutive windows do not overlap
+            query = query.where(_messages.c.received_at < until)
         if index:
             query = query.where(_messages.c[INDEX_COLUMNS[index[0]]] == index[1])
         if ids is not None:

@@ -74,8 +74,10 @@ class Queues:
         values = set(states.values())
         if "dead" in values:
             return "dead"
-        if values and values <= {"sent"}:
-            return "sent"
+        # "discarded": an operator gave a dead delivery up (engine.store.deadletters); it is settled
+        # like "sent", and a message whose deliveries were all discarded was not sent, on purpose.
+        if values and values <= {"sent", "discarded"}:
+            return "sent" if "sent" in values else "filtered"
         return "queued"
 
     @staticmethod

@@ -461,4 +461,28 @@ class Attestation(SQLModel, table=True):
     recorded_at: datetime
 
 
+class FindingFeedback(SQLModel, table=True):
+    """A radiologist's verdict on one AI finding: one current row per (report, finding code, user); a
+    changed verdict replaces the row, the audit log keeps every one. No free text, so nothing here is PHI."""
+
+    __tablename__ = "finding_feedback"
+    __table_args__ = (
+        Index("ux_finding_feedback_identity", "report_id", "code", "username", unique=True),
+        Index("ix_finding_feedback_study", "study_id"),
+        Index("ix_finding_feedback_at", "at"),
+        _NO_ROWID,
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    report_id: str = Field(max_length=120, description="the AI report (study id/model)")
+    study_id: str = Field(max_length=36)
+    job_id: str = Field(max_length=36, description="the job whose result was shown when the verdict was given")
+    model: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    code: str = Field(max_length=64, description="the finding's code")
+    verdict: str = Field(max_length=16, description="agree disagree not_applicable")
+    username: str = Field(max_length=64)
+    at: datetime
+
+
 metadata = SQLModel.metadata

@@ -174,7 +174,7 @@ class Users:
         if (raw.role == "service") != (role == "service"):
             raise PermanentError("a service account cannot become a person's account, nor the reverse")
         item = self._update(raw, actor, now, {"role": role})
-        self._audit(item, "user.role_changed", actor, raw.username, purpose=reason[:64] or None,
+        self._audit(item, "user.role_changed", actor, raw.username,
                     detail={"from": raw.role, "to": role, "reason": reason})  # fmt: skip
         self.writer.write(item)
 
@@ -183,7 +183,7 @@ class Users:
         now, raw = now or utcnow(), self._require(username)
         item = self._update(raw, actor, now, {"disabled": disabled})
         self._audit(item, "user.disabled" if disabled else "user.enabled", actor, raw.username,
-                    purpose=reason[:64] or None, detail={"reason": reason})  # fmt: skip
+                    detail={"reason": reason})  # the reason is free text: sealed, never the clear purpose
         self.writer.write(item)
 
     def unlock(self, username: str, actor: str, now: datetime | None = None) -> None:
@@ -292,5 +292,44 @@ class Users:
             return self.refuse(raw, "totp_replayed", now, peer, count=True)
         with self.db.connect() as conn:
             grant = grant_in_force(conn, raw.username, now)
+        return Principal(raw.username, raw.role, "password", break_glass_until=grant[1] if grant else None,
+                         break_glass_id=grant[0] if grant else None)  # fmt: skip
+
+    # single sign-on (engine/web/oidc.py verifies the provider's ID token; the local account decides)
+
+    def sso_refused(self, username: str | None, reason: str, now: datetime, peer: str | None,
+                    detail: dict[str, Any]) -> Refusal:  # fmt: skip
+        """Audit a refused single sign-on (`auth.login`, failure, the reason code and `detail`). Never
+        counts toward the lockout: no password was guessed."""
+        raw = self._raw(username.strip().lower()) if username and username.strip() else None
+        actor = f"user:{raw.username}" if raw is not None else "anonymous"
+        self.writer.write(WriteItem(audit=[self.event("auth.login", actor=actor, outcome="failure", peer=peer,
+                                                      detail={"reason": reason, **detail})]))  # fmt: skip
+        return Refusal(reason, raw.locked_until if raw is not None and reason == "locked" else None)
+
+    def sso_signed_in(self, username: str, now: datetime, peer: str | None, *, second_factor: bool,
+                      detail: dict[str, Any]) -> Principal | Refusal:  # fmt: skip
+        """A user the identity provider vouched for: they must exist here, be enabled, not locked out and
+        not a service account; a role that needs TOTP (or a user who enrolled one) needs the provider's
+        second factor. Records the sign-in with `detail` (via, issuer, amr) in the audit."""
+        name = username.strip().lower()
+        raw = self._raw(name) if name else None
+        reason = (
+            "unknown_user" if raw is None
+            else "disabled" if raw.disabled
+            else "service_account" if raw.role == "service"
+            else "locked" if raw.locked_until is not None and now < raw.locked_until
+            else "sso_mfa_required"
+            if (raw.role in self.policy.totp_roles or raw.totp_sealed is not None) and not second_factor
+            else None
+        )  # fmt: skip
+        if reason is not None:
+            return self.sso_refused(name if raw is not None else None, reason, now, peer, detail)
+        item = WriteItem(statements=[(_SIGNED_IN, {"k_user": raw.username, "p_at": now})])
+        item.audit.append(self.event("auth.login", actor=f"user:{raw.username}", peer=peer, detail=detail))
+        self.writer.write(item)
+        with self.db.connect() as conn:
+            grant = grant_in_force(conn, raw.username, now)
+        # "password": a session starts only from an interactive sign-in; the audit entry says it was SSO.
         return Principal(raw.username, raw.role, "password", break_glass_until=grant[1] if grant else None,
                          break_glass_id=grant[0] if grant else None)  # fmt: skip

@@ -16,7 +16,23 @@ from engine import __version__
 from engine.runtime.context import Context
 from engine.runtime.engine import Engine
 from engine.runtime.serve import model_callback, ready
-from engine.web import account, login
+from engine.web import (
+    account,
+    audit,
+    breakglass,
+    channels,
+    compliance,
+    deadletters,
+    keys,
+    login,
+    messages,
+    metrics,
+    models,
+    oidc,
+    studies,
+    users,
+    worklist,
+)
 from engine.web.auth import Forbidden, NotSignedIn
 from engine.web.headers import SecurityHeaders
 from engine.web.pages import HERE, render, wants_html
@@ -29,6 +45,10 @@ OPEN = {
     ("GET", "/login/oidc/callback"), ("GET", "/api/openapi.json"), ("POST", "/inference/callbacks/{job_id}"),
 }  # fmt: skip
 ROUTERS = [login.router, account.router]
+ROUTERS += [oidc.router, metrics.router]
+ROUTERS += [channels.router, messages.router, deadletters.router]
+ROUTERS += [audit.router, keys.router, users.router, breakglass.router, compliance.router]
+ROUTERS += [worklist.router, studies.router, models.router]
 
 
 def create_app(site: Site) -> FastAPI:

@@ -19,10 +19,12 @@ from engine.web.pages import NAV, render
 
 router = APIRouter()
 SIGNED_IN = Need(None)
-_ASK_TOTP = {"totp_required": "Enter the code from your authenticator app.",
-             "bad_totp": "Wrong or expired code: enter the current one.",
-             "totp_replayed": "That code was already used: wait for the next one.",
-             "totp_not_enrolled": "Your role requires a TOTP code and none is enrolled: ask an administrator."}  # fmt: skip
+_ASK_TOTP = {
+    "totp_required": "Enter the code from your authenticator app.",
+    "bad_totp": "Wrong or expired code: enter the current one.",
+    "totp_replayed": "That code was already used: wait for the next one.",
+    "totp_not_enrolled": "Your role requires a TOTP code and none is enrolled: ask an administrator.",
+}
 
 
 def safe_next(value: str | None) -> str:

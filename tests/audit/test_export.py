@@ -105,8 +105,8 @@ def test_every_event_validates_and_maps(ctx: Context) -> None:
     assert [c["code"] for c in changed["subtype"]] == ["110131", "config.changed"]
     assert changed["purposeOfEvent"][0]["coding"][0] == {
         "system": codes.RB_PURPOSE,
-        "code": "audit-review",
-        "display": "audit-review",
+        "code": "other",  # free text is sealed in the detail; the clear column holds a code
+        "display": "other",
     }
     assert changed["agent"][0]["requestor"] is False and "entity" not in changed
 

@@ -102,8 +102,8 @@ def test_disclosures_lists_the_patients_rows_and_never_the_mrn(fresh_file: Path)
     ]
     assert phi.leaks_in_bytes(result.output.encode()) == []
     [(entry, detail)] = _audit(fresh_file, "disclosure.viewed")
-    assert entry.purpose == "patient request" and json.loads(entry.record_ids) == [first, second]
-    assert detail == {"disclosures": 2}
+    assert entry.purpose == "other" and json.loads(entry.record_ids) == [first, second]
+    assert detail == {"disclosures": 2, "purpose_text": "patient request"}  # free text only sealed
     ctx = open_context(fresh_file)
     try:
         assert json.loads(entry.indexes) == {"mrn": ctx.index("mrn", phi.MRN)}

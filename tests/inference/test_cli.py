@@ -66,7 +66,8 @@ def test_governance_lifecycle(tmp_path: Path) -> None:
         "--evidence", "https://qms.example.org/val/hch-0.9")
     assert states(root) == {"0.9.0": "active", "1.0.0": "retired"}  # one active version per model
     [activated] = audit(root, "model.activated")
-    assert activated["actor"].startswith("user:") and activated["purpose"] == "validated on site data"
+    assert activated["actor"].startswith("user:") and activated["purpose"] == "other"
+    assert activated["detail"]["purpose_text"] == "validated on site data"
     assert activated["detail"]["evidence"] == "https://qms.example.org/val/hch-0.9"
     assert activated["detail"]["from"] == "shadow" and activated["detail"]["to"] == "active"
     cli(root, "models", "rollback", "head-ct-hyperdensity", "--to", "1.0.0", "--reason", "false positives")

@@ -22,6 +22,21 @@ class Config(uvicorn.Config):
     def load(self) -> None:
         super().load()
         self.ssl = self._tls
+        if self._tls is not None:
+            self.loaded_app = _Https(self.loaded_app)
+
+
+class _Https:
+    """uvicorn reads the scheme from the transport's `sslcontext`, which uvloop's TLS transport does not
+    report: a TLS listener would tell the app "http" (wrong cookie names, Origin checks, no HSTS)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "scheme": "https" if scope["type"] == "http" else "wss"}
+        await self.app(scope, receive, send)
 
 
 class Server(uvicorn.Server):
