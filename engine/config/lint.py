@@ -274,9 +274,7 @@ def listener_of(config: BaseModel, doc: YamlDoc, display: str, prefix: PathT) ->
         return None
     host = getattr(config, "host", None)
     line, col = doc.value_pos(prefix + ("port",))
-    return Listener(
-        str(host) if host is not None else "0.0.0.0", port, f"{display}:{line}:{col}", display, line, col
-    )
+    return Listener(str(host) if host is not None else "0.0.0.0", port, f"{display}:{line}:{col}", display, line, col)
 
 
 def check_tables(mapping: MappingFile, doc: YamlDoc, display: str) -> list[Diagnostic]:

@@ -204,9 +204,7 @@ class _Session:
             for i, listener in enumerate(eng.config.listeners):
                 line, col = eng.doc.value_pos(("listeners", i, "port"))
                 out.append(
-                    Listener(
-                        listener.host, listener.port, f"{eng.display}:{line}:{col}", eng.display, line, col
-                    )
+                    Listener(listener.host, listener.port, f"{eng.display}:{line}:{col}", eng.display, line, col)
                 )
             return out
         if (eng is not None and eng.config is not None) or (eng is None and project_mode):
@@ -220,9 +218,7 @@ class _Session:
     def finish(self, project_mode: bool) -> list[Diagnostic]:
         self.check_mapping_refs(load=project_mode)
         channels = sorted(self.channels, key=lambda c: c[0])
-        self.diagnostics += check_channel_names(
-            [(config, doc, display) for display, config, doc, _ in channels]
-        )
+        self.diagnostics += check_channel_names([(config, doc, display) for display, config, doc, _ in channels])
         listeners = self.engine_listeners(project_mode)
         for display, config, doc, loaded in channels:
             # Disabled channels do not bind: an old and a new channel may share a port during a cut-over.
@@ -249,10 +245,7 @@ def _component_refs(config: ChannelConfig | None, data: Any) -> list[tuple[regis
         ("stage", data.get("filter"), ("filter",), ComponentRef),
     ]
     if isinstance(data.get("destinations"), list):
-        parts += [
-            ("destination", d, ("destinations", i), DestinationRef)
-            for i, d in enumerate(data["destinations"])
-        ]
+        parts += [("destination", d, ("destinations", i), DestinationRef) for i, d in enumerate(data["destinations"])]
     refs = []
     for role, part, prefix, model in parts:
         try:
