@@ -180,7 +180,7 @@ def jobs_show(job_id: str, root: Path = ROOT) -> None:
 
 def _change_job(job_id: str, root: Path, to: str, reason: str) -> None:
     from engine.core.clock import utcnow
-    from engine.inference.jobs import Jobs
+    from engine.inference.jobs import Jobs, operator_change
 
     ctx = context(root)
     try:
@@ -188,20 +188,8 @@ def _change_job(job_id: str, root: Path, to: str, reason: str) -> None:
         job = jobs.get(job_id)
         if job is None:
             fail(f"no job {job_id}")
-        if to == "cancelled" and job.state not in ("queued", "running"):
-            fail(f"job {job_id} is {job.state}: only queued or running jobs can be cancelled")
-        if to == "queued" and job.state not in ("dead", "cancelled"):
-            fail(f"job {job_id} is {job.state}: only dead or cancelled jobs can be retried")
-        now = utcnow()
-        after = job.but(state=to, due_at=now if to == "queued" else None, holder=None, lease_until=None,
-                        attempts=0 if to == "queued" else job.attempts, finished_at=None if to == "queued" else now)
-        item = jobs.save(job, after)
-        if job.state == "running":
-            item.extend(jobs.free_slot(job))
-        action = "inference.cancelled" if to == "cancelled" else "inference.retried"
-        item.audit.append(ctx.audit.event(action, actor=actor(), purpose=reason, record_ids=[job.id, job.study_id],
-                                          detail={"model": job.model, "version": job.model_version, "was": job.state,
-                                                  "reason": reason}))  # fmt: skip
+        item = guard(lambda: operator_change(jobs, job, to, now=utcnow(), event=ctx.audit.event, actor=actor(),
+                                             reason=reason))  # fmt: skip
         guard(lambda: ctx.writer.write(item))
     finally:
         ctx.close()

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, select, update
 
 from engine.core.clock import utcnow
+from engine.core.errors import PermanentError
 from engine.store.sql import upsert_insert
 from engine.store.tables import InferenceJob, ModelVersion
 from engine.store.writer import WriteItem
@@ -182,3 +183,30 @@ class Jobs:
                 if r.running != actual:
                     conn.execute(update(_versions).where(_versions.c.name == r.name, _versions.c.version == r.version)
                                  .values(running=actual))  # fmt: skip
+
+
+class JobStateConflict(PermanentError):
+    """An operator asked for a change the job's state does not allow (cancel a finished job, ...)."""
+
+
+def operator_change(jobs: Jobs, job: JobRow, to: str, *, now: datetime, event: Any, actor: str, reason: str,
+                    peer: str | None = None) -> WriteItem:  # fmt: skip
+    """An operator's cancel (to "cancelled") or retry (to "queued") of a job, with its audit entry:
+    what `radbridge jobs cancel|retry` and the web's job actions write. The reason is free text: it
+    goes into the sealed detail. Raises JobStateConflict; the write may raise StaleWrite."""
+    if to == "cancelled" and job.state not in ("queued", "running"):
+        raise JobStateConflict(f"job {job.id} is {job.state}: only queued or running jobs can be cancelled")
+    if to == "queued" and job.state not in ("dead", "cancelled"):
+        raise JobStateConflict(f"job {job.id} is {job.state}: only dead or cancelled jobs can be retried")
+    again = to == "queued"
+    after = job.but(state=to, due_at=now if again else None, holder=None, lease_until=None,
+                    attempts=0 if again else job.attempts, finished_at=None if again else now)  # fmt: skip
+    item = jobs.save(job, after)
+    if job.state == "running":
+        item.extend(jobs.free_slot(job))
+    item.audit.append(event(
+        "inference.cancelled" if to == "cancelled" else "inference.retried", actor=actor, peer=peer,
+        purpose="operations", record_ids=[job.id, job.study_id],
+        detail={"model": job.model, "version": job.model_version, "was": job.state, "reason": reason},
+    ))  # fmt: skip
+    return item

@@ -205,9 +205,10 @@ class Sessions:
         return item
 
     def validate(self, session_id: str, now: datetime | None = None,
-                 peer: str | None = None) -> ActiveSession | Refusal:  # fmt: skip
+                 peer: str | None = None, touch: bool = True) -> ActiveSession | Refusal:  # fmt: skip
         """The session's principal (role and break-glass as of now), or why it no longer counts.
-        Records the use (at most every `touch_seconds`)."""
+        Records the use (at most every `touch_seconds`) unless `touch` is False: a page refreshing by
+        itself is not the person using it, and must not keep an unattended session from idling out."""
         now, id_hash = now or utcnow(), sessions.hash_id(session_id)
         with self.db.connect() as conn:
             s = conn.execute(select(_sessions).where(_sessions.c.id_hash == id_hash)).first()
@@ -225,7 +226,7 @@ class Sessions:
         if state != "active":
             self.writer.write(self._end_item(id_hash, s.username, state, now, peer))
             return Refusal(state)
-        if sessions.needs_touch(seen, now, self.policy):
+        if touch and sessions.needs_touch(seen, now, self.policy):
             self.writer.write(WriteItem(statements=[(_TOUCH, {"k_id": id_hash, "p_at": now})]))
             seen = now
         principal = Principal(user.username, user.role, "session", break_glass_until=grant[1] if grant else None,

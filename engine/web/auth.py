@@ -87,7 +87,10 @@ async def principal(request: Request) -> Principal:
     session_id = request.cookies.get(cookie_name(request))
     if not session_id:
         raise NotSignedIn("no_credentials")
-    active = site.sessions.validate(session_id, now, peer(request))
+    automatic = request.headers.get("x-radbridge-refresh") == "1" or "text/event-stream" in request.headers.get(
+        "accept", ""
+    )  # a live region refreshing itself, or its event stream: not a person's use of the session
+    active = site.sessions.validate(session_id, now, peer(request), touch=not automatic)
     if isinstance(active, Refusal):
         raise NotSignedIn(active.reason)
     if request.method not in SAFE_METHODS:
@@ -147,6 +150,20 @@ def needs_of(route: Any) -> list[Need]:
             found.append(dep.call)
         stack.extend(dep.dependencies)
     return found
+
+
+def still_signed_in(request: Request) -> bool:
+    """For a long-lived response (an event stream): does the caller's session or token still hold?
+    Checked without counting as use; a session that idled out, ended or a revoked token ends the stream."""
+    site, who = site_of(request), getattr(request.state, "principal", None)
+    if who is None:
+        return False
+    if who.via == "token":
+        row = site.tokens.get(who.token_id or "")
+        return row is not None and row.state(site.clock()) == "active"
+    session_id = request.cookies.get(cookie_name(request))
+    found = site.sessions.validate(session_id, site.clock(), peer(request), touch=False) if session_id else None
+    return isinstance(found, ActiveSession)
 
 
 def active_session(request: Request) -> ActiveSession | None:

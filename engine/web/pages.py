@@ -21,6 +21,8 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 # The navigation: (path, label, permission that shows it). Pages check their own permission again.
 NAV = [
     ("/worklist", "Worklist", "worklist.view"),
+    ("/studies", "Studies", "studies.view"),
+    ("/jobs", "Jobs", "jobs.view"),
     ("/channels", "Channels", "channels.view"),
     ("/messages", "Messages", "messages.view"),
     ("/dead-letters", "Dead letters", "dead_letters.manage"),

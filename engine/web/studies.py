@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.correlation.repo import Repo, StudyRow
-from engine.inference.jobs import JobRow, Jobs
+from engine.inference.jobs import JobRow, Jobs, JobStateConflict, operator_change
 from engine.outputs.reports import Reports
 from engine.security.access import MASK, Principal
 from engine.store.writer import StaleWrite
@@ -140,24 +140,12 @@ def change_job(site: Site, who: Principal, job_id: str, to: str, reason: str, pe
     job = jobs.get(job_id)
     if job is None:
         return 404, "no such job"
-    if to == "cancelled" and job.state not in ("queued", "running"):
-        return 409, f"the job is {job.state}: only queued or running jobs can be cancelled"
-    if to == "queued" and job.state not in ("dead", "cancelled"):
-        return 409, f"the job is {job.state}: only dead or cancelled jobs can be retried"
-    now = site.clock()
-    again = to == "queued"
-    after = job.but(state=to, due_at=now if again else None, holder=None, lease_until=None,
-                    attempts=0 if again else job.attempts, finished_at=None if again else now)  # fmt: skip
-    item = jobs.save(job, after)
-    if job.state == "running":
-        item.extend(jobs.free_slot(job))
-    action = "inference.cancelled" if to == "cancelled" else "inference.retried"
-    item.audit.append(site.ctx.audit.event(
-        action, actor=who.actor, peer=peer_, purpose="operations", record_ids=[job.id, job.study_id],
-        detail={"model": job.model, "version": job.model_version, "was": job.state, "reason": reason},
-    ))  # fmt: skip
     try:
+        item = operator_change(jobs, job, to, now=site.clock(), event=site.ctx.audit.event, actor=who.actor,
+                               reason=reason, peer=peer_)  # fmt: skip
         site.ctx.writer.write(item)
+    except JobStateConflict as exc:
+        return 409, str(exc).replace(f"job {job.id}", "the job")
     except StaleWrite:
         return 409, "the job changed meanwhile: look again"
     return 200, to

@@ -30,13 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.outputs.feedback import VERDICTS, Feedback, FeedbackRow
 from engine.outputs.worklist import Identity, Row, Worklist, version
 from engine.security.access import MASK, AccessDenied, Principal
-from engine.web.auth import Need, peer, site_of
+from engine.web.auth import Need, peer, site_of, still_signed_in
 from engine.web.pages import render
 from engine.web.site import Site
 
 router = APIRouter()
 VIEW, FEEDBACK = Need("worklist.view"), Need("findings.feedback")
 POLL_S = 1.0  # how often the store's worklist fingerprint is read (per node, not per stream)
+RECHECK_S = 60.0  # how often a stream checks that its session or token still holds
 HEARTBEAT_S = 15.0  # a comment line, so proxies keep an idle stream open
 STREAM_S = 30 * 60.0  # then the stream ends; EventSource reconnects (and catches up with Last-Event-ID)
 RETRY_MS = 2000  # the browser's reconnection delay
@@ -167,10 +168,15 @@ async def worklist_events(request: Request, who: Principal = Depends(VIEW)) -> S
         yield f"retry: {RETRY_MS}\nid: {last}\n\n"  # sets the id the browser sends back on reconnecting
         if since is not None and since != last:
             yield f"event: changed\nid: {last}\ndata: {{}}\n\n"  # changed while it was away
+        checked = started
         while loop.time() - started < STREAM_S:
             await asyncio.sleep(POLL_S)
             if await request.is_disconnected():
                 break
+            if loop.time() - checked >= RECHECK_S:  # signed out, idled out or revoked: the stream ends
+                checked = loop.time()
+                if not await asyncio.to_thread(still_signed_in, request):
+                    break
             current = await asyncio.to_thread(watch.current)
             if current != last:
                 last, beat = current, loop.time()

@@ -187,3 +187,22 @@ def test_over_tls_the_cookie_is_host_prefixed_and_secure_and_hsts_is_sent(tls_we
         assert "domain=" not in cookie.lower()
         assert response.headers["strict-transport-security"].startswith("max-age=")
         assert client.get("/api/session").json()["username"] == "radiologist"
+
+
+def test_a_page_refreshing_itself_does_not_keep_the_session_alive(web: Web) -> None:
+    client = web.session("radiologist")
+    start = utcnow()
+    web.site.clock = lambda: start + timedelta(minutes=10)
+    assert client.get("/api/session", headers={"X-Radbridge-Refresh": "1"}).status_code == 200
+    web.site.clock = lambda: start + timedelta(minutes=16)  # 15 idle minutes since the person's last use
+    idle = client.get("/api/session", headers={"X-Radbridge-Refresh": "1"})
+    assert idle.status_code == 401 and idle.json()["reason"] == "idle_timeout"
+
+
+def test_a_person_using_the_page_keeps_the_session(web: Web) -> None:
+    client = web.session("radiologist")
+    start = utcnow()
+    web.site.clock = lambda: start + timedelta(minutes=10)
+    assert client.get("/api/session").status_code == 200
+    web.site.clock = lambda: start + timedelta(minutes=16)
+    assert client.get("/api/session").status_code == 200

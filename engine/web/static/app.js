@@ -5,8 +5,11 @@
 (function () {
   "use strict";
   function refresh(el) {
-    return fetch(el.dataset.refresh, { credentials: "same-origin", headers: { Accept: "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+    return fetch(el.dataset.refresh, { credentials: "same-origin", headers: { Accept: "text/html", "X-Radbridge-Refresh": "1" } })
+      .then(function (r) {
+        if (r.status === 401) { window.location.reload(); }  // signed out or idled out: to the sign-in page
+        return r.ok ? r.text() : Promise.reject(r.status);
+      })
       .then(function (html) { el.innerHTML = html; el.dispatchEvent(new CustomEvent("refreshed")); })
       .catch(function () { el.classList.add("stale"); });
   }
