@@ -170,9 +170,25 @@ def _problem(exc: BadFilter) -> JSONResponse:
     return JSONResponse({"error": "invalid request", "problems": problems}, status_code=422)
 
 
-@router.get("/api/audit", tags=["audit"])
-def audit_entries(
-    request: Request,
+@dataclass(frozen=True)
+class FilterForm:
+    """The audit filters as typed (query parameters of the API and the page alike)."""
+
+    action: str = ""
+    actor: str = ""
+    outcome: str = ""
+    since: str = ""
+    until: str = ""
+    record: str = ""
+    limit: int = 50
+    after: str = ""
+
+    def fields(self) -> dict[str, str]:
+        return {"action": self.action, "actor": self.actor, "outcome": self.outcome, "since": self.since,
+                "until": self.until, "record": self.record}  # fmt: skip
+
+
+def filter_form(
     action: str = "",
     actor: str = "",
     outcome: str = "",
@@ -181,14 +197,18 @@ def audit_entries(
     record: str = "",
     limit: Annotated[int, Query(ge=1, le=query.MAX_LIMIT)] = 50,
     after: str = "",
-    who: Principal = Depends(VIEW),
-) -> Response:
+) -> FilterForm:
+    return FilterForm(action, actor, outcome, since, until, record, limit, after)
+
+
+@router.get("/api/audit", tags=["audit"])
+def audit_entries(request: Request, f: FilterForm = Depends(filter_form), who: Principal = Depends(VIEW)) -> Response:
     """Audit entries, newest first: who, what, which record ids, when, outcome, purpose, and the detail
     fields that hold no PHI (others masked). `action` ending in "." is a prefix; `record` is one record id;
     `since`/`until` are ISO times (UTC unless given); page on with `after` = the `next` of the last page.
     The query is itself audited (`audit.viewed`)."""
     try:
-        asked = _asked(action, actor, outcome, since, until, record, limit, after)
+        asked = _asked(f.action, f.actor, f.outcome, f.since, f.until, f.record, f.limit, f.after)
     except BadFilter as exc:
         return _problem(exc)
     entries, next_cursor = _search(request, who, asked)
@@ -203,26 +223,15 @@ def audit_verify(request: Request, who: Principal = Depends(VERIFY)) -> dict[str
 
 
 @router.get("/audit", include_in_schema=False)
-def audit_page(
-    request: Request,
-    action: str = "",
-    actor: str = "",
-    outcome: str = "",
-    since: str = "",
-    until: str = "",
-    record: str = "",
-    limit: Annotated[int, Query(ge=1, le=query.MAX_LIMIT)] = 50,
-    after: str = "",
-    who: Principal = Depends(VIEW),
-) -> Response:
+def audit_page(request: Request, f: FilterForm = Depends(filter_form), who: Principal = Depends(VIEW)) -> Response:
     site = site_of(request)
-    form = {"action": action, "actor": actor, "outcome": outcome, "since": since, "until": until, "record": record}
+    form, limit = f.fields(), f.limit
     values: dict[str, Any] = {"form": form, "limit": limit, "entries": [], "next_url": None, "message": None,
                               "outcomes": OUTCOMES, "actions": query.actions(site.ctx.db),
                               "actors": [f"user:{u.username}" for u in site.users.all()],
                               "verification": last_verification(request)}  # fmt: skip
     try:
-        asked = _asked(action, actor, outcome, since, until, record, limit, after)
+        asked = _asked(f.action, f.actor, f.outcome, f.since, f.until, f.record, f.limit, f.after)
     except BadFilter as exc:
         values["message"] = str(exc)
         return render(request, "audit.html", status_code=422, **values)

@@ -243,16 +243,24 @@ def _refused_page(request: Request, message: str, status_code: int) -> Response:
     return response
 
 
-@router.get("/login/oidc", include_in_schema=False)
-def oidc_start(request: Request, next: str = "/") -> Response:
-    site = site_of(request)
+def _provider_or_answer(request: Request) -> Provider | Response:
+    """The configured provider, or the answer to give when there is none or it cannot be used."""
     try:
-        provider = provider_of(site)
+        provider = provider_of(site_of(request))
     except ConfigError as exc:
         log.error("single sign-on unavailable: %s", exc)
         return _refused_page(request, UNAVAILABLE, 503)
     if provider is None:
         return JSONResponse({"error": "single sign-on is not configured"}, status_code=404)
+    return provider
+
+
+@router.get("/login/oidc", include_in_schema=False)
+def oidc_start(request: Request, next: str = "/") -> Response:
+    site = site_of(request)
+    provider = _provider_or_answer(request)
+    if isinstance(provider, Response):
+        return provider
     try:
         _client_secret(provider.config)
         endpoint = provider.metadata()["authorization_endpoint"]
@@ -374,13 +382,9 @@ def _continue_page(next_path: str) -> HTMLResponse:
 @router.get("/login/oidc/callback", include_in_schema=False)
 def oidc_callback(request: Request) -> Response:
     site = site_of(request)
-    try:
-        provider = provider_of(site)
-    except ConfigError as exc:
-        log.error("single sign-on unavailable: %s", exc)
-        return _refused_page(request, UNAVAILABLE, 503)
-    if provider is None:
-        return JSONResponse({"error": "single sign-on is not configured"}, status_code=404)
+    provider = _provider_or_answer(request)
+    if isinstance(provider, Response):
+        return provider
     now, who = site.clock(), peer(request)
     detail: dict[str, Any] = {"via": "oidc", "issuer": provider.config.issuer}
     query = request.query_params

@@ -93,5 +93,14 @@ def web(tmp_path: Path) -> Iterator[Web]:
     ctx.close()
 
 
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Any]:
+    """A running engine and its web app in one loop (tests/web/ops_world.py), for the operations pages."""
+    from tests.web.ops_world import ops_world  # it builds on this module
+
+    with ops_world(tmp_path / "project") as w:
+        yield w
+
+
 def totp_now(secret: str) -> str:
     return pyotp.TOTP(secret).now()

@@ -37,6 +37,7 @@ from engine.store.tables import AuditRow
 from engine.store.users import Users
 from engine.web.app import create_app
 from engine.web.site import Site
+from tests import phi
 from tests.conftest import write_project
 from tests.e2e.harness import REPO, free_port
 from tests.tlscerts import make_certs
@@ -230,3 +231,8 @@ def ops_world(root: Path) -> Iterator[OpsWorld]:
     finally:
         world.close()
         logging.getLogger("radbridge").debug("ops world closed")
+
+
+def leaks(text: str) -> list[str]:
+    """The fake patient's identifiers found in `text` (any case)."""
+    return [s for s in phi.STRINGS if s.lower() in text.lower()]

@@ -5,8 +5,6 @@ one-click reprocess from the dead-letter page."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -14,19 +12,7 @@ from engine.store.deadletters import DeadLetters
 from engine.store.queue import Queues
 from engine.store.writer import StaleWrite
 from tests import phi
-from tests.web.ops_world import OpsWorld, ops_world
-
-PHI = (phi.NAME_FAMILY, phi.NAME_GIVEN, phi.MRN, phi.DOB, phi.ACCESSION, phi.PHONE)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[OpsWorld]:
-    with ops_world(tmp_path / "project") as w:
-        yield w
-
-
-def _leaks(text: str) -> list[str]:
-    return [s for s in PHI if s.lower() in text.lower()]
+from tests.web.ops_world import OpsWorld, leaks
 
 
 def test_list_dead_letters(world: OpsWorld) -> None:
@@ -35,7 +21,7 @@ def test_list_dead_letters(world: OpsWorld) -> None:
     [entry] = client.get("/api/dead-letters").json()["dead_letters"]
     assert entry["message_id"] == dead and entry["channel"] == "ris-orders" and entry["destination"] == "downstream"
     assert entry["attempts"] == 1 and entry["last_error"] and entry["status"] == "dead" and entry["updated_at"]
-    assert _leaks(json.dumps(entry)) == []
+    assert leaks(json.dumps(entry)) == []
     assert client.get("/api/dead-letters", params={"channel": "other"}).json() == {"dead_letters": []}
     assert len(client.get("/api/dead-letters", params={"destination": "downstream"}).json()["dead_letters"]) == 1
     assert world.web.session("auditor").get("/api/dead-letters").status_code == 403
@@ -82,7 +68,7 @@ def test_discard(world: OpsWorld) -> None:
     assert client.get("/api/dead-letters").json() == {"dead_letters": []}
     [row] = world.audit("dead_letter.discarded")
     assert world.ctx.audit.open_detail(row.id, row.detail)["reason"] == reason
-    assert _leaks(" ".join(str(v) for k, v in row._mapping.items() if k != "detail")) == []
+    assert leaks(" ".join(str(v) for k, v in row._mapping.items() if k != "detail")) == []
     assert client.post(f"/api/dead-letters/{dead}/downstream/retry").status_code == 409
     channels = {c["name"]: c for c in client.get("/api/channels").json()["channels"]}
     assert channels["ris-orders"]["destinations"][0]["deliveries"]["discarded"] == 1
@@ -104,7 +90,7 @@ def test_dead_letter_page_and_one_click_reprocess(world: OpsWorld) -> None:
     dead = world.dead_message(phi.ORM.encode())
     analyst = world.web.session("integration_analyst", accept_html=True)
     page = analyst.get("/dead-letters")
-    assert page.status_code == 200 and dead in page.text and _leaks(page.text) == []
+    assert page.status_code == 200 and dead in page.text and leaks(page.text) == []
     html = page.text
     for action in (f"/dead-letters/{dead}/downstream/retry", f"/dead-letters/{dead}/downstream/discard",
                    f"/messages/{dead}/reprocess"):  # fmt: skip
@@ -115,7 +101,7 @@ def test_dead_letter_page_and_one_click_reprocess(world: OpsWorld) -> None:
     assert response.status_code == 303
     new = response.headers["location"].split("/messages/")[1].split("?")[0]
     shown = analyst.get(response.headers["location"])
-    assert new in shown.text and f"Reprocessed message {dead}" in shown.text and _leaks(shown.text) == []
+    assert new in shown.text and f"Reprocessed message {dead}" in shown.text and leaks(shown.text) == []
     world.until(lambda: world.status(new) == "sent")
 
 

@@ -5,34 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from engine.security.access import MASK
 from engine.web.messages import masked_hl7
 from tests import phi
-from tests.web.ops_world import OpsWorld, ops_world, url_recorder
-
-PHI = (phi.NAME_FAMILY, phi.NAME_GIVEN, phi.MRN, phi.DOB, phi.ACCESSION, phi.PHONE)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[OpsWorld]:
-    with ops_world(tmp_path / "project") as w:
-        yield w
-
-
-def _leaks(text: str) -> list[str]:
-    return [s for s in PHI if s.lower() in text.lower()]
+from tests.web.ops_world import OpsWorld, leaks, url_recorder
 
 
 def test_masking_follows_the_deidentification_rules() -> None:
     raw = (phi.ORM + "NK1|1|FAKEKIN^ONE|SPO\rZXY|secret-" + phi.MRN + "\r").encode()
     segments = {s["name"]: s for s in masked_hl7(raw)}
-    assert _leaks(json.dumps(list(segments.values()))) == []
+    assert leaks(json.dumps(list(segments.values()))) == []
     msh = segments["MSH"]
     assert msh["fields"][:2] == ["|", "^~\\&"] and msh["fields"][8] == "ORM^O01" and msh["fields"][9] == "CTRL0001"
     assert msh["fields"][6] == MASK and msh["masked"] == [7]  # MSH-7, a date
@@ -66,7 +52,7 @@ def test_list_and_filters_are_metadata_only(world: OpsWorld) -> None:
     assert [m["id"] for m in client.get("/api/messages", params=window).json()["messages"]] == [dead]
     assert client.get("/api/messages", params={"limit": 501}).status_code == 422
     assert client.get("/api/messages", params={"status": "lost"}).status_code == 422
-    assert _leaks(client.get("/api/messages").text) == []
+    assert leaks(client.get("/api/messages").text) == []
 
 
 def test_search_by_accession_uses_the_blind_index(world: OpsWorld, caplog: pytest.LogCaptureFixture) -> None:
@@ -80,14 +66,14 @@ def test_search_by_accession_uses_the_blind_index(world: OpsWorld, caplog: pytes
     assert client.post("/api/messages/search", json={"accession": "ACC-NOT-THERE"}).json() == {"messages": []}
     assert client.post("/api/messages/search", json={}).status_code == 422
     refused = client.post("/api/messages/search", json={"accession": phi.ACCESSION, "mrn": phi.MRN})
-    assert refused.status_code == 422 and _leaks(refused.text) == []
+    assert refused.status_code == 422 and leaks(refused.text) == []
     rows = world.audit("message.searched")
     assert len(rows) == 3
     first = rows[0]
     assert json.loads(first.indexes) == {"accession": world.ctx.index("accession", phi.ACCESSION)}
     assert json.loads(first.record_ids) == [dead] and first.actor == "user:integration-analyst"
     clear = " ".join(str(v) for k, v in first._mapping.items() if k != "detail")
-    assert _leaks(clear) == [] and _leaks(" ".join(urls)) == [] and _leaks(caplog.text) == []
+    assert leaks(clear) == [] and leaks(" ".join(urls)) == [] and leaks(caplog.text) == []
 
 
 def test_masked_view_never_shows_phi_and_is_audited(world: OpsWorld) -> None:
@@ -95,7 +81,7 @@ def test_masked_view_never_shows_phi_and_is_audited(world: OpsWorld) -> None:
     for role in ("auditor", "integration_analyst", "admin"):
         response = world.web.session(role).get(f"/api/messages/{dead}")
         assert response.status_code == 200
-        assert _leaks(response.text) == []
+        assert leaks(response.text) == []
         body = response.json()
         assert body["content"]["masked"] is True and MASK in response.text
         assert {p["name"] for p in body["parts"]} >= {"raw", "transformed"}
@@ -104,11 +90,11 @@ def test_masked_view_never_shows_phi_and_is_audited(world: OpsWorld) -> None:
     assert len(rows) == 3 and all(json.loads(r.record_ids) == [dead] for r in rows)
     assert world.ctx.audit.open_detail(rows[0].id, rows[0].detail) == {"masked": True, "part": "raw"}
     html = world.web.session("auditor", accept_html=True).get(f"/messages/{dead}").text
-    assert _leaks(html) == [] and MASK in html
+    assert leaks(html) == [] and MASK in html
     assert "/reveal" not in html and "/reprocess" not in html  # the auditor may do neither
     html = world.web.session("integration_analyst", accept_html=True).get(f"/messages/{dead}").text
     assert f'action="/messages/{dead}/reveal"' in html and f'action="/messages/{dead}/reprocess"' in html
-    assert _leaks(html) == []
+    assert leaks(html) == []
 
 
 def test_other_kinds_show_metadata_and_parts_only(world: OpsWorld) -> None:
@@ -137,7 +123,7 @@ def test_reveal_as_analyst_is_audited_and_refused_to_others(world: OpsWorld) -> 
     assert world.ctx.audit.open_detail(viewed.id, viewed.detail) == {"masked": False, "part": "raw"}
     for role in ("auditor", "technologist", "admin"):
         refused = world.web.session(role).post(f"/api/messages/{dead}/reveal", json={"reason": "operations"})
-        assert refused.status_code == 403 and _leaks(refused.text) == []
+        assert refused.status_code == 403 and leaks(refused.text) == []
     assert analyst.post(f"/api/messages/{dead}/reveal", json={"part": "nope", "reason": "treatment"}).status_code == 404
     assert analyst.post(f"/api/messages/{dead}/reveal", json={"reason": "curiosity"}).status_code == 422
     assert len(world.audit("phi.reveal")) == 1  # refusals stopped before any reveal
@@ -150,11 +136,11 @@ def test_reveal_and_search_pages(world: OpsWorld) -> None:
     page = analyst.post(f"/messages/{dead}/reveal", data={"part": "raw", "reason": "treatment"})
     assert page.status_code == 200 and phi.NAME_FAMILY in page.text and "Content in clear" in page.text
     results = analyst.post("/messages/search", data={"kind": "accession", "value": phi.ACCESSION})
-    assert results.status_code == 200 and dead in results.text and _leaks(results.text) == []
+    assert results.status_code == 200 and dead in results.text and leaks(results.text) == []
     listing = analyst.get("/messages", params={"channel": "ris-orders", "status": "dead"})
-    assert dead in listing.text and 'action="/messages/search"' in listing.text and _leaks(listing.text) == []
+    assert dead in listing.text and 'action="/messages/search"' in listing.text and leaks(listing.text) == []
     assert analyst.get("/messages", params={"since": "yesterday"}).status_code == 422
-    assert _leaks(" ".join(urls)) == []
+    assert leaks(" ".join(urls)) == []
     assert world.web.session("auditor", accept_html=True).post(
         f"/messages/{dead}/reveal", data={"reason": "operations"}).status_code == 403  # fmt: skip
 
