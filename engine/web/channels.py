@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from engine.compliance.transport import Endpoint, endpoints
 from engine.config import LoadedChannel
 from engine.core.errors import RadbridgeError
-from engine.security.access import Principal
+from engine.security.access import Principal, allowed
 from engine.store.stats import ChannelStats, channel_stats
 from engine.store.tables import STATUSES
 from engine.web.auth import Need, peer, site_of
+from engine.web.breakglass import in_force_now
 from engine.web.pages import render
 from engine.web.site import Site
 
@@ -198,9 +199,12 @@ def _page(request: Request, window: str, message: str | None = None, status_code
     seconds = WINDOWS.get(window)
     window = window if window in WINDOWS else "all"
     since = datetime.fromtimestamp(site.clock().timestamp() - seconds, UTC) if seconds else None
+    who = request.state.principal
+    # The dashboard's break-glass panel: who is elevated right now, for those who review it.
+    in_force = in_force_now(request) if allowed(who, "break_glass.review", site.clock()) else None
     return render(request, "channels.html", status_code=status_code, channels=channel_views(site, since),
                   window=window, windows=list(WINDOWS), engine_here=site.engine is not None, message=message,
-                  statuses=("received", "sent", "queued", "error", "dead"))  # fmt: skip
+                  statuses=("received", "sent", "queued", "error", "dead"), in_force=in_force)  # fmt: skip
 
 
 @router.get("/channels", include_in_schema=False)

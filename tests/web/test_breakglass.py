@@ -10,7 +10,7 @@ import pyotp
 
 from engine.store.breakglass import Grant
 from tests import phi
-from tests.web.conftest import Web
+from tests.web.conftest import Web, totp_now
 
 REASON = f"ED trauma: unlabelled CT of {phi.NAME_FAMILY} {phi.NAME_GIVEN}, MRN {phi.MRN}"
 
@@ -101,3 +101,12 @@ def test_admin_ends_a_grant_early_auditor_may_not(web: Web) -> None:
     assert f'action="/break-glass/{other.id}/end"' in page.get("/break-glass").text
     assert page.post(f"/break-glass/{other.id}/end").status_code == 303
     assert admin.post("/api/break-glass/00000000-0000-7000-8000-000000000000/end").status_code == 404
+
+
+def test_the_channel_dashboard_shows_who_is_elevated_to_those_who_review_it(web: Web) -> None:
+    secret = web.site.users.enroll_totp("technologist", "user:test")[0]
+    web.site.grants.grant("technologist", "ED trauma patient, attending unreachable", 20, totp_now(secret))
+    admin = web.session("admin", accept_html=True).get("/channels")
+    assert admin.status_code == 200 and "In force now" in admin.text and "technologist" in admin.text
+    analyst = web.session("integration_analyst", accept_html=True).get("/channels")
+    assert analyst.status_code == 200 and "In force now" not in analyst.text
