@@ -64,7 +64,10 @@ def test_run_creates_dev_key_serves_health_and_stops_cleanly(tmp_path: Path) -> 
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "ok"
         ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
         assert ready.status_code == 200 and ready.json()["checks"] == {"store": "ok", "writer": "ok"}
-        assert httpx.get(f"http://127.0.0.1:{port}/messages", timeout=5).status_code == 404  # nothing else is open
+        # nothing else is open: the API and the pages want a session or a token (deny by default)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/messages", timeout=5).status_code == 401
+        page = httpx.get(f"http://127.0.0.1:{port}/messages", headers={"Accept": "text/html"}, timeout=5)
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/messages"
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
