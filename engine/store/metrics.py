@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, func, select
 
 from engine.config.auth import SessionPolicy
+from engine.store.stats import id_floor
 from engine.store.tables import (
     AuditCheckpoint,
     AuditRow,
@@ -27,6 +28,7 @@ from engine.store.tables import (
 _messages, _deliveries, _jobs, _studies = (Message.__table__, Delivery.__table__, InferenceJob.__table__,
                                            Study.__table__)  # fmt: skip
 _audit, _checkpoints = AuditRow.__table__, AuditCheckpoint.__table__
+MESSAGES_WINDOW = timedelta(hours=24)
 _grants, _sessions = BreakGlassGrant.__table__, UserSession.__table__
 
 
@@ -58,8 +60,12 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
     idle_since = now - timedelta(minutes=sessions.idle_minutes)
     born_since = now - timedelta(hours=sessions.absolute_hours)
     with db.connect() as conn:
-        q = select(_messages.c.channel, _messages.c.status, func.count()).group_by(
-            _messages.c.channel, _messages.c.status
+        # Messages of the last day only: a count over the whole store would read every row at each scrape
+        # (a busy feed keeps millions). Ids are UUIDv7, so the window is a range of the primary key.
+        q = (
+            select(_messages.c.channel, _messages.c.status, func.count())
+            .where(_messages.c.id >= id_floor(now - MESSAGES_WINDOW))
+            .group_by(_messages.c.channel, _messages.c.status)
         )
         found.messages = {(c, s): n for c, s, n in conn.execute(q)}
         # Covered by ix_deliveries_queue (channel, destination, status, message_id): an index-only scan.

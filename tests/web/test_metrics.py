@@ -158,3 +158,17 @@ def test_only_callers_allowed_to_see_channels_may_scrape(web: Web) -> None:
     assert web.session("auditor").get("/metrics").status_code == 403
     for role in ("admin", "integration_analyst"):
         assert web.session(role).get("/metrics").status_code == 200
+
+
+def test_messages_count_over_the_last_day_only(web: Web) -> None:
+    """A scrape reads a day of messages (a primary-key range), not the whole store."""
+    from datetime import timedelta
+
+    from engine.store.stats import id_floor
+
+    old = id_floor(utcnow() - timedelta(days=2))[:-1] + "1"  # a message id made two days ago
+    _, item = web.ctx.messages.receive("orders-in", "hl7v2 ORM^O01", ORM.encode(), message_id=old)
+    web.ctx.writer.write(item)
+    _message(web, "orders-in", "received", [])
+    families = scrape(web.token("service", ["channels.view"]))
+    assert samples(families, "radbridge_messages") == {("orders-in", "received"): 1}
