@@ -52,7 +52,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
-        messages = GaugeMetricFamily("radbridge_messages", "Messages received in the last 24 hours, by channel and status (now).",
+        messages = GaugeMetricFamily("radbridge_messages", "Messages received in the last 24 hours, by status now.",
                                      labels=["channel", "status"])  # fmt: skip
         for (channel, status), n in sorted(snap.messages.items()):
             messages.add_metric([channel, status], n)
