@@ -25,6 +25,7 @@ from engine.store.retention import PurgeReport, purge, sweep_orphan_blobs
 
 log = logging.getLogger("radbridge")
 ACTOR = "service:engine"
+GRACE_S = 3.0  # how long a stop lets HTTP requests in progress finish
 
 
 def model_callback(job_id: str, body: bytes, token: str) -> int:
@@ -130,7 +131,9 @@ async def serve(ctx: Context, web: WebFactory, announce: Callable[[str], None] =
         tls = None
         if listener.tls:
             tls = server_context_for(listener.tls, ctx.project.root, f"listener {listener.name}")
-        config = Config(app, tls, host=listener.host, port=listener.port, log_level="warning", access_log=False)
+        # A stop does not wait for open event streams (an open worklist would hold it for up to 30 min).
+        config = Config(app, tls, host=listener.host, port=listener.port, log_level="warning", access_log=False,
+                        timeout_graceful_shutdown=GRACE_S)  # fmt: skip
         servers.append((listener, Server(config)))
 
     stop = asyncio.Event()
