@@ -42,6 +42,7 @@ class Engine:
         self.ctx = ctx
         self.topics = TopicBus()
         self.running: dict[str, Running] = {}
+        self.held: set[str] = set()  # stopped by an operator: a reload does not start them again
         ttl = timedelta(seconds=ctx.project.engine.store.lease_ttl_s)
         self.leases = Leases(ctx.db, holder_id(ctx.node), ttl)
 
@@ -111,6 +112,7 @@ class Engine:
         return "retrigger"
 
     async def start_channel(self, loaded: LoadedChannel, project: Project) -> Running:
+        self.held.discard(loaded.config.name)
         running = self.build(loaded, project)
         for worker in running.workers:
             worker.start()
@@ -120,7 +122,10 @@ class Engine:
         log.info("channel %s started", loaded.config.name)
         return running
 
-    async def stop_channel(self, name: str) -> None:
+    async def stop_channel(self, name: str, *, hold: bool = False) -> None:
+        """Stop a channel; `hold` (an operator's stop) keeps it stopped through reloads until started."""
+        if hold:
+            self.held.add(name)
         running = self.running.pop(name, None)
         if running is None:
             return
@@ -145,7 +150,7 @@ class Engine:
     async def reload(self, project: Project) -> list[str]:
         """Restart only the channels whose files (channel or mapping) changed; returns their names."""
         old = {name: r.loaded for name, r in self.running.items()}
-        new = {c.config.name: c for c in project.channels if c.config.enabled}
+        new = {c.config.name: c for c in project.channels if c.config.enabled and c.config.name not in self.held}
         changed = []
         for name in sorted(set(old) | set(new)):
             before, after = old.get(name), new.get(name)

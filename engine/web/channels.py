@@ -141,7 +141,7 @@ async def change(request: Request, who: Principal, name: str, start: bool) -> bo
             if start:
                 await engine.start_channel(loaded, site.ctx.project)
             else:
-                await engine.stop_channel(name)
+                await engine.stop_channel(name, hold=True)
         except (OSError, RadbridgeError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             await site.ctx.audit.arecord(action, actor=who.actor, outcome="failure", peer=peer(request),

@@ -94,6 +94,17 @@ def test_stop_and_start_through_the_engine_audited(world: OpsWorld) -> None:
         assert row.peer and row.peer.startswith("127.0.0.1:") and row.outcome == "success"
 
 
+def test_a_channel_an_operator_stopped_stays_stopped_through_a_reload(world: OpsWorld) -> None:
+    analyst = world.web.session("integration_analyst")
+    assert analyst.post("/api/channels/ris-orders/stop").json()["running"] is False
+    changed = world.run(world.engine.reload(world.ctx.project))
+    assert "ris-orders" not in world.engine.running and "ris-orders" not in changed
+    assert "secure-in" in world.engine.running  # the others run on
+    assert analyst.post("/api/channels/ris-orders/start").json()["running"] is True
+    world.run(world.engine.reload(world.ctx.project))
+    assert "ris-orders" in world.engine.running
+
+
 def test_unknown_disabled_and_refused(world: OpsWorld) -> None:
     analyst = world.web.session("integration_analyst")
     assert analyst.post("/api/channels/nope/stop").status_code == 404
