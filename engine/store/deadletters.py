@@ -103,6 +103,12 @@ class DeadLetters:
             row = conn.execute(query).first()
         return DeadLetter(*row) if row else None
 
+    def of_message(self, message_id: str) -> list[DeadLetter]:
+        """Every delivery of one message, whatever its state."""
+        query = _select().where(_deliveries.c.message_id == message_id)  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            return [DeadLetter(*row) for row in conn.execute(query)]
+
     def retry(self, message_id: str, destination: str) -> WriteItem:
         """Put a dead delivery back at its place in the queue. Fails (StaleWrite) unless still dead."""
         return self._change(_RETRY, message_id, destination, "queued")

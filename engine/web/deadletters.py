@@ -2,9 +2,10 @@
 
 Retry puts the delivery back in its queue and wakes the destination's worker when this process runs
 the channel (otherwise the engine's workers pick it up at their next poll). Discard gives it up for
-good, with a reason (sealed in the audit entry: free text may name a patient). Reprocessing the
-message instead — a new message through the channel as it is configured now — is the messages page's
-action, offered here too.
+good, with a reason (sealed in the audit entry: free text may name a patient). Reprocess runs the
+message through its channel again as configured now (a new message, linked to the original) and
+settles the original's dead deliveries as discarded ("reprocessed as NEW"), so nobody retries them
+too and sends the same data twice.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.security.access import Principal
+from engine.runtime.reprocess import reprocess
+from engine.security.access import Principal, allowed
 from engine.store.deadletters import DeadLetter, DeadLetters
 from engine.store.writer import StaleWrite
-from engine.web.auth import Need, peer, site_of
+from engine.web.auth import Forbidden, Need, peer, site_of
 from engine.web.pages import render
 from engine.web.site import Site
 
@@ -83,6 +85,30 @@ async def act(request: Request, who: Principal, message_id: str, destination: st
             "status": "queued" if retry else "discarded", "woken": woken}  # fmt: skip
 
 
+async def reprocess_dead(request: Request, who: Principal, message_id: str) -> str:
+    """Reprocess the message of a dead delivery (needs messages.reprocess too); then discard every dead
+    delivery of the original, audited with the new message's id. Returns the new id; Refusal otherwise."""
+    site = site_of(request)
+    if not allowed(who, "messages.reprocess", site.clock()):
+        raise Forbidden("reprocessing needs messages.reprocess", "messages.reprocess")
+    repo = _repo(site)
+    dead = [d for d in await asyncio.to_thread(repo.of_message, message_id) if d.status == "dead"]
+    if not dead:
+        raise Refusal(404, "no dead delivery of that message")
+    [result] = await reprocess(site.ctx, [message_id], who.actor)
+    if result.new is None or result.status != "accepted":
+        raise Refusal(409, f"reprocessing did not take the message ({result.status}); its dead letters stay")
+    for d in dead:
+        try:
+            await act(request, who, message_id, d.destination, retry=False, reason=f"reprocessed as {result.new}")
+        except Refusal:  # settled meanwhile by someone else: nothing left to do for it
+            continue
+    running = site.engine.running.get(dead[0].channel) if site.engine is not None else None
+    for worker in running.workers if running is not None else []:
+        worker.wake()  # the new message's deliveries go out now
+    return result.new
+
+
 # -- API --------------------------------------------------------------------------------------
 
 
@@ -122,6 +148,17 @@ async def discard_dead_letter(message_id: str, destination: str, body: DiscardBo
         return JSONResponse(await act(request, who, message_id, destination, retry=False, reason=body.reason))
     except Refusal as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+@router.post("/api/dead-letters/{message_id}/reprocess", tags=["dead letters"])
+async def reprocess_dead_letter(message_id: str, request: Request, who: Principal = Depends(MANAGE)) -> Response:
+    """Reprocess the message (a new one, through its channel as configured now) and discard its dead
+    deliveries as "reprocessed as NEW". Needs messages.reprocess as well."""
+    try:
+        new = await reprocess_dead(request, who, message_id)
+    except Refusal as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"original": message_id, "new": new})
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -164,3 +201,16 @@ async def discard_page(message_id: str, destination: str, request: Request,
                        reason: Annotated[str, Form(min_length=3, max_length=500)],
                        who: Principal = Depends(MANAGE)) -> Response:  # fmt: skip
     return await _page_act(request, who, message_id, destination, retry=False, reason=reason)
+
+
+@router.post("/dead-letters/{message_id}/reprocess", include_in_schema=False)
+async def reprocess_page(message_id: str, request: Request, who: Principal = Depends(MANAGE)) -> Response:
+    try:
+        new = await reprocess_dead(request, who, message_id)
+    except Refusal as exc:
+        found = await asyncio.to_thread(_repo(site_of(request)).list)
+        return render(request, "dead_letters.html", status_code=exc.status, dead=[view(d) for d in found],
+                      notice=None, error=str(exc), filters={"channel": "", "destination": ""})  # fmt: skip
+    target = f"/messages/{new}?reprocessed_from={message_id}"
+    return RedirectResponse(target if allowed(who, "messages.view", site_of(request).clock()) else "/dead-letters",
+                            status_code=303)  # fmt: skip

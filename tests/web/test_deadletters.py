@@ -93,16 +93,30 @@ def test_dead_letter_page_and_one_click_reprocess(world: OpsWorld) -> None:
     assert page.status_code == 200 and dead in page.text and leaks(page.text) == []
     html = page.text
     for action in (f"/dead-letters/{dead}/downstream/retry", f"/dead-letters/{dead}/downstream/discard",
-                   f"/messages/{dead}/reprocess"):  # fmt: skip
+                   f"/dead-letters/{dead}/reprocess"):  # fmt: skip
         assert f'action="{action}"' in html
     assert html.count("data-confirm=") == 3
     world.downstream()
-    response = analyst.post(f"/messages/{dead}/reprocess")
+    response = analyst.post(f"/dead-letters/{dead}/reprocess")
     assert response.status_code == 303
     new = response.headers["location"].split("/messages/")[1].split("?")[0]
     shown = analyst.get(response.headers["location"])
     assert new in shown.text and f"Reprocessed message {dead}" in shown.text and leaks(shown.text) == []
     world.until(lambda: world.status(new) == "sent")
+    # the original's dead letter is settled, so nobody retries it as well (the data would go twice)
+    assert world.ctx.messages.get(dead).deliveries == (("downstream", "discarded", 1),)
+    assert dead not in analyst.get("/dead-letters").text
+    [row] = world.audit("dead_letter.discarded")
+    assert world.ctx.audit.open_detail(row.id, row.detail)["reason"] == f"reprocessed as {new}"
+    assert analyst.post(f"/dead-letters/{dead}/reprocess").status_code == 404  # nothing dead is left
+
+
+def test_reprocessing_a_dead_letter_needs_both_permissions(world: OpsWorld) -> None:
+    dead = world.dead_message(phi.ORM.encode())
+    assert world.web.session("technologist").post(f"/api/dead-letters/{dead}/reprocess").status_code == 403
+    assert world.web.session("auditor").post(f"/api/dead-letters/{dead}/reprocess").status_code == 403
+    answer = world.web.session("admin").post(f"/api/dead-letters/{dead}/reprocess")
+    assert answer.status_code == 200 and answer.json()["original"] == dead and answer.json()["new"] != dead
 
 
 def test_dead_letter_page_actions(world: OpsWorld) -> None:
