@@ -27,6 +27,10 @@ class Inbound:
     dedup: str | None = None
     type: str | None = None  # e.g. "ORM^O01", for acceptance rules and the message list
     sha256: str | None = None  # hex SHA-256 of raw, when the source already computed it
+    # The raw bytes already sealed and written durably by the source (ComponentContext.prestore), as a
+    # concurrent.futures.Future of the store's Prestored: large payloads are written while the source
+    # parses them, instead of after. The channel waits for it before it commits the message.
+    prestored: Any = None
 
 
 OutcomeStatus = Literal["accepted", "duplicate", "filtered", "invalid", "refused", "unavailable"]
@@ -118,3 +122,6 @@ class ComponentContext:
     # How many instances of a study (by Study Instance UID) the engine holds; blocking, a quick
     # indexed query. Lets a notification source decide whether to retrieve a study from the PACS.
     held_instances: Callable[[str], int] | None = None
+    # Seal and durably write a large raw payload now, in a worker thread (see Inbound.prestored); None
+    # where the store keeps payloads inline.
+    prestore: Callable[[bytes], Any] | None = None

@@ -102,10 +102,16 @@ class Channel:
             indexes["control_id"] = control_idx
         kind = f"{inbound.kind} {inbound.type}" if inbound.type else inbound.kind
         stored_status = {"invalid": "error", "refused": "error"}.get(status, status)
+        prestored = None
+        if inbound.prestored is not None and reprocess_of is None:
+            try:  # sealed and written by the source while it parsed; durable before the commit below
+                prestored = await asyncio.wrap_future(inbound.prestored)
+            except Exception as exc:  # noqa: BLE001 - seal it here instead
+                log.warning("channel %s: payload not written ahead (%s)", self.name, type(exc).__name__)
         message_id, item = ctx.messages.receive(
             self.name, kind, inbound.raw, indexes=indexes, destinations=destinations, status=stored_status,
             error=problem.text if problem else None, content_mac=content_mac,
-            parts={"transformed": transformed.body} if transformed is not None else None,
+            parts={"transformed": transformed.body} if transformed is not None else None, prestored=prestored,
         )  # fmt: skip
         if transformed is not None and transformed.writes is not None and status in ("queued", "transformed"):
             item.extend(transformed.writes(message_id))

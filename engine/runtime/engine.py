@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ from engine.runtime.delivery import DeliveryWorker
 from engine.runtime.topics import TopicBus
 from engine.runtime.transforms import build_transform
 from engine.store.leases import Leases, holder_id
+from engine.store.messages import Prestored
 from engine.store.state import ChannelState
 
 log = logging.getLogger("radbridge.engine")
@@ -43,6 +45,8 @@ class Engine:
         self.topics = TopicBus()
         self.running: dict[str, Running] = {}
         self.held: set[str] = set()  # stopped by an operator: a reload does not start them again
+        # Blob writes ahead of their messages (prestore): mostly waiting on fsync, so a few threads.
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prestore")
         ttl = timedelta(seconds=ctx.project.engine.store.lease_ttl_s)
         self.leases = Leases(ctx.db, holder_id(ctx.node), ttl)
 
@@ -58,7 +62,15 @@ class Engine:
             topics=self.topics,
             state=ChannelState(self.ctx.db, self.ctx.writer, self.ctx.vault, channel),
             held_instances=held_instances(self.ctx.db, self.ctx.index),
+            prestore=self.prestore,
         )
+
+    def prestore(self, raw: bytes) -> Future[Prestored] | None:
+        """Start sealing and writing a large payload in a worker thread (ComponentContext.prestore);
+        None for one the store keeps inline (nothing to gain)."""
+        if len(raw) <= self.ctx.messages.inline_max:
+            return None
+        return self._writers.submit(self.ctx.messages.prestore, raw)
 
     def build(self, loaded: LoadedChannel, project: Project) -> Running:
         """Everything a channel needs, constructed but not started (so the CLI can reprocess with it)."""
@@ -68,8 +80,16 @@ class Engine:
         for ref, dest in zip(cfg.destinations, loaded.destinations, strict=True):
             destination = registry.build("destination", dest.kind, dest.config, cctx)
             workers.append(
-                DeliveryWorker(self.ctx, cfg.name, dest.name, destination, ref.retry, ref.body, self.leases,
-                               outgoing=self._deidentify(ref.deidentify))  # fmt: skip
+                DeliveryWorker(
+                    self.ctx,
+                    cfg.name,
+                    dest.name,
+                    destination,
+                    ref.retry,
+                    ref.body,
+                    self.leases,
+                    outgoing=self._deidentify(ref.deidentify),
+                )  # fmt: skip
             )
         transform = build_transform(loaded, project, self.ctx.index, self.ctx.db.dialect.name)
         source = registry.build("source", loaded.source_kind, loaded.source, cctx)
@@ -146,6 +166,7 @@ class Engine:
     async def stop(self) -> None:
         for name in list(self.running):
             await self.stop_channel(name)
+        self._writers.shutdown(wait=True)
 
     async def reload(self, project: Project) -> list[str]:
         """Restart only the channels whose files (channel or mapping) changed; returns their names."""

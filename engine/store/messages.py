@@ -64,6 +64,15 @@ class MessageView:
     parts: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Prestored:
+    """A payload sealed and durably written ahead of its message (Messages.prestore)."""
+
+    message_id: str
+    data_key: DataKey
+    row: dict[str, Any]  # its contents row
+
+
 class Messages:
     def __init__(self, engine: Engine, vault: Vault, blobs: BlobFolder, config_hash: str, inline_max: int) -> None:
         self.engine = engine
@@ -76,6 +85,14 @@ class Messages:
         self._hot_lock = threading.Lock()
 
     # -- writing -------------------------------------------------------------------------------
+
+    def prestore(self, raw: bytes) -> Prestored:
+        """Seal `raw` under a new message's data key and write it to the blob folder, durably, before
+        the message exists: a source can overlap this with its parsing. receive(prestored=...) then
+        commits the message with it; a message never committed leaves an orphan blob (swept)."""
+        message_id = new_id()
+        data_key = self.vault.new_data_key(message_id)
+        return Prestored(message_id, data_key, self._content_row(data_key, "raw", raw))
 
     def receive(
         self,
@@ -91,12 +108,17 @@ class Messages:
         content_mac: str | None = None,
         message_id: str | None = None,
         parts: Mapping[str, bytes] | None = None,
+        prestored: Prestored | None = None,
     ) -> tuple[str, WriteItem]:
-        """Seal a new message under a fresh data key; returns its id and the rows to commit."""
+        """Seal a new message under a fresh data key (or take the one `prestored` already sealed raw
+        under); returns its id and the rows to commit."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
-        message_id = message_id or new_id()
-        data_key = self.vault.new_data_key(message_id)
+        if prestored is not None:
+            message_id, data_key = prestored.message_id, prestored.data_key
+        else:
+            message_id = message_id or new_id()
+            data_key = self.vault.new_data_key(message_id)
         now = utcnow()
         row: dict[str, Any] = {
             "id": message_id,
@@ -118,7 +140,7 @@ class Messages:
         for name, value in (indexes or {}).items():
             row[INDEX_COLUMNS[name]] = value
         item = WriteItem(inserts=[(_messages, row), (_keys, self._key_row(data_key, now))])
-        item.inserts.append((_contents, self._content_row(data_key, "raw", raw)))
+        item.inserts.append((_contents, prestored.row if prestored else self._content_row(data_key, "raw", raw)))
         for part, data in (parts or {}).items():  # e.g. "transformed", sealed under the same data key
             item.inserts.append((_contents, self._content_row(data_key, part, data)))
         for destination in destinations:

@@ -126,3 +126,34 @@ def test_put_part_replaces(ctx: Context) -> None:
     ctx.writer.write(ctx.messages.put_part(message_id, "response:pacs", b"second answer"))
     assert ctx.messages.read(message_id, "response:pacs") == b"second answer"
     assert ctx.messages.get(message_id).parts == ("raw", "response:pacs")
+
+
+def test_a_payload_written_ahead_is_the_messages_raw_part(ctx: Context) -> None:
+    """A source seals and writes a large payload while it parses (prestore); the message committed
+    with it reads back the same bytes, under the same data key, and nothing is sealed twice."""
+    payload = b"DICM" + bytes(range(256)) * 1024
+    ahead = ctx.messages.prestore(payload)
+    assert ahead.row["blob"] and ctx.messages.blobs.path(ahead.row["blob"]).exists()  # durable before the row
+    assert payload[:64] not in ctx.messages.blobs.path(ahead.row["blob"]).read_bytes()
+    message_id, item = ctx.messages.receive("images", "dicom", payload, prestored=ahead)
+    ctx.writer.write(item)
+    assert message_id == ahead.message_id
+    assert ctx.messages.read(message_id) == payload
+    with ctx.db.connect() as conn:
+        assert conn.execute(select(Content.__table__.c.blob).where(Content.message_id == message_id)).scalar() == (
+            ahead.row["blob"]
+        )
+
+
+def test_a_payload_written_ahead_but_never_committed_is_an_orphan_swept_later(ctx: Context) -> None:
+    import os
+    import time
+
+    from engine.store.retention import sweep_orphan_blobs
+
+    ahead = ctx.messages.prestore(b"x" * 200_000)  # e.g. the instance turned out to be a duplicate
+    path = ctx.messages.blobs.path(ahead.row["blob"])
+    assert sweep_orphan_blobs(ctx.db, ctx.messages.blobs) == 0  # too young: it may be about to commit
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    assert sweep_orphan_blobs(ctx.db, ctx.messages.blobs) == 1 and not path.exists()

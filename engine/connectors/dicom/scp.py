@@ -391,6 +391,9 @@ class DicomSource:
                         problem, size, sop_type)  # fmt: skip
             self.audit("message.truncated", conn, reason=f"{problem} dataset", bytes=size, type=sop_type)
             return 0xC210
+        # Seal and write the instance in a worker thread while its header is parsed here: the blob's
+        # fsyncs overlap the parse; the channel waits for them before it commits the message.
+        pending = self.ctx.prestore(raw) if self.ctx.prestore is not None else None
         decoded: Any
         try:
             decoded = replace(read_header(raw), calling_ae=conn.calling)
@@ -399,7 +402,7 @@ class DicomSource:
             decoded, dedup = exc, None
         inbound = Inbound(
             raw=raw, kind="dicom", peer=conn.peer, decoded=decoded, dedup=dedup, type=sop_type,
-            sha256=getattr(decoded, "sha256", None),
+            sha256=getattr(decoded, "sha256", None), prestored=pending,
         )  # fmt: skip
         outcome = self.deliver(inbound, conn.id)
         status = STORE_STATUS["unavailable"] if outcome is None else STORE_STATUS[outcome.status]
