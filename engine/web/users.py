@@ -56,6 +56,11 @@ class NewToken(BaseModel):
     label: str = Field("", max_length=120)
 
 
+class NewPassword(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    password: str = Field(min_length=1, max_length=1024, description="checked against the password policy")
+
+
 class Refused(Exception):
     """A change the store (or this module) refused: HTTP status and a message naming no secret."""
 
@@ -157,6 +162,20 @@ def issue_token(request: Request, who: Principal, username: str, body: NewToken)
             "note": "shown once: store it now, it cannot be shown again"}  # fmt: skip
 
 
+def reset_password(request: Request, who: Principal, username: str, password: str) -> None:
+    """An administrator sets a user's password (the policy applies; audited user.password_changed)."""
+    site = site_of(request)
+    attempt(lambda: site.users.set_password(username, password, who.actor, site.clock()))
+
+
+def enroll_totp(request: Request, who: Principal, username: str) -> dict[str, Any]:
+    """A new TOTP secret for the user (any earlier one stops working): shown in this answer only."""
+    site = site_of(request)
+    secret, uri = attempt(lambda: site.users.enroll_totp(username, who.actor, site.clock()))
+    return {"username": username, "secret": secret, "otpauth_uri": uri,
+            "note": "shown once: enter it in the user's authenticator app now"}  # fmt: skip
+
+
 def revoke_token(request: Request, who: Principal, token_id: str, reason: str) -> str:
     """Revoke; returns the owner's username."""
     site = site_of(request)
@@ -233,6 +252,23 @@ def token_api(username: str, body: NewToken, request: Request, who: Principal = 
     return _json(lambda: issue_token(request, who, username, body), 201)
 
 
+@router.post("/api/users/{username}/password", tags=["users"])
+def password_api(username: str, body: NewPassword, request: Request, who: Principal = Depends(MANAGE)) -> Response:
+    """Set a new password (checked against the policy; a refusal names the problem, never the password)."""
+
+    def change() -> dict[str, str]:
+        reset_password(request, who, username, body.password)
+        return {"username": username}
+
+    return _json(change)
+
+
+@router.post("/api/users/{username}/totp", tags=["users"], status_code=201)
+def totp_api(username: str, request: Request, who: Principal = Depends(MANAGE)) -> Response:
+    """Enrol a new TOTP secret (replacing any earlier one); the secret and otpauth URI are in this answer only."""
+    return _json(lambda: enroll_totp(request, who, username), 201)
+
+
 @router.post("/api/tokens/{token_id}/revoke", tags=["users"])
 def revoke_api(token_id: str, body: Reason, request: Request, who: Principal = Depends(MANAGE)) -> Response:
     """Revoke a token: refused from its next use on."""
@@ -251,14 +287,14 @@ def _users_page(request: Request, message: str | None = None, status_code: int =
 
 
 def _user_page(request: Request, username: str, message: str | None = None, status_code: int = 200,
-               issued: dict[str, Any] | None = None) -> Response:  # fmt: skip
+               issued: dict[str, Any] | None = None, totp: dict[str, Any] | None = None) -> Response:  # fmt: skip
     try:
         shown = one_user(request, username)
     except Refused as exc:
         return render(request, "user.html", status_code=exc.status, user=None, message=str(exc))
     scopes = sorted(MATRIX.get(shown["role"], frozenset()))
     return render(request, "user.html", status_code=status_code, user=shown, roles=ROLES, message=message,
-                  issued=issued, scopes=[(s, PERMISSIONS[s]) for s in scopes])  # fmt: skip
+                  issued=issued, totp=totp, scopes=[(s, PERMISSIONS[s]) for s in scopes])  # fmt: skip
 
 
 @router.get("/users", include_in_schema=False)
@@ -351,3 +387,19 @@ def revoke_form(token_id: str, request: Request, reason: Annotated[str, Form(min
     except Refused as exc:
         return _users_page(request, str(exc), exc.status)
     return RedirectResponse(f"/users/{owner}", status_code=303)
+
+
+@router.post("/users/{username}/password", include_in_schema=False)
+def password_form(username: str, request: Request, password: Annotated[str, Form(min_length=1, max_length=1024)],
+                  who: Principal = Depends(MANAGE)) -> Response:  # fmt: skip
+    return _form_change(request, username, lambda: reset_password(request, who, username, password))
+
+
+@router.post("/users/{username}/totp", include_in_schema=False)
+def totp_form(username: str, request: Request, who: Principal = Depends(MANAGE)) -> Response:
+    try:
+        enrolled = enroll_totp(request, who, username)
+    except Refused as exc:
+        return _user_page(request, username, str(exc), exc.status)
+    # Not a redirect: the secret is shown in this response only, never in a URL.
+    return _user_page(request, username, totp=enrolled, status_code=201)

@@ -131,3 +131,38 @@ def test_pages_list_users_per_role_and_forms_change_them(web: Web) -> None:
     token_id = token.split("_")[1]
     assert admin.post(f"/tokens/{token_id}/revoke", data={"reason": "test"}).status_code == 303
     assert admin.get("/users/nobody").status_code == 404
+
+
+def test_admin_resets_a_password_and_the_user_signs_in_with_it(web: Web) -> None:
+    admin = web.session("admin")
+    weak = admin.post("/api/users/technologist/password", json={"password": "password123"})
+    assert weak.status_code == 422 and "commonly used" in weak.json()["error"] and "password123" not in weak.text
+    new = "Fresh-Orbit-Lantern-42"
+    assert admin.post("/api/users/technologist/password", json={"password": new}).status_code == 200
+    assert admin.post("/api/users/service/password", json={"password": new}).status_code == 422  # tokens only
+    assert web.session("integration_analyst").post(
+        "/api/users/technologist/password", json={"password": new}
+    ).status_code == 403
+    client = web.client()
+    old = client.post("/login", data={"username": "technologist", "password": PASSWORD})
+    assert old.status_code == 401
+    assert client.post("/login", data={"username": "technologist", "password": new}).status_code == 303
+
+
+def test_admin_enrols_totp_shown_once_and_the_user_then_needs_its_code(web: Web) -> None:
+    import pyotp
+
+    admin = web.session("admin")
+    enrolled = admin.post("/api/users/radiologist/totp")
+    assert enrolled.status_code == 201
+    secret = enrolled.json()["secret"]
+    assert enrolled.json()["otpauth_uri"].startswith("otpauth://totp/")
+    shown = admin.get("/api/users/radiologist").text
+    assert secret not in shown and '"totp_enrolled":true' in shown.replace(" ", "")
+    client = web.client()
+    asked = client.post("/login", data={"username": "radiologist", "password": PASSWORD})
+    assert asked.status_code == 401 and "authenticator app" in asked.text
+    code = pyotp.TOTP(secret).now()
+    assert client.post("/login", data={"username": "radiologist", "password": PASSWORD, "totp": code}).status_code == 303
+    page = web.session("admin", accept_html=True).post("/users/technologist/totp")
+    assert page.status_code == 201 and "shown once" in page.text and "otpauth://totp/" in page.text
