@@ -169,6 +169,19 @@ class Users:
         self._audit(item, "user.password_changed", actor, raw.username)
         self.writer.write(item)
 
+    def change_own_password(self, username: str, current: str, new: str, now: datetime | None = None,
+                            peer: str | None = None) -> Refusal | None:  # fmt: skip
+        """A signed-in user's own change: the current password first (a wrong one counts toward the
+        lockout, as at sign-in), then the policy on the new one (PasswordRejected). None when done."""
+        now, raw = now or utcnow(), self._require(username)
+        locked = raw.locked_until
+        if locked is not None and now < locked:
+            return self.refuse(raw, "locked", now, peer, action="auth.password_change")
+        if raw.password_hash is None or not self.passwords.verify(raw.password_hash, current):
+            return self.refuse(raw, "bad_password", now, peer, action="auth.password_change", count=True)
+        self.set_password(username, new, f"user:{raw.username}", now)
+        return None
+
     def set_role(self, username: str, role: str, actor: str, reason: str, now: datetime | None = None) -> None:
         now, raw, role = now or utcnow(), self._require(username), check_role(role)
         if (raw.role == "service") != (role == "service"):

@@ -206,3 +206,18 @@ def test_a_person_using_the_page_keeps_the_session(web: Web) -> None:
     assert client.get("/api/session").status_code == 200
     web.site.clock = lambda: start + timedelta(minutes=16)
     assert client.get("/api/session").status_code == 200
+
+
+def test_people_change_their_own_password_knowing_the_current_one(web: Web) -> None:
+    client = web.session("radiologist", accept_html=True)
+    wrong = client.post("/me/password", data={"current": "Not-It-At-All-7", "new": "Fresh-Orbit-Lantern-42"})
+    assert wrong.status_code == 403 and "current password is wrong" in wrong.text
+    weak = client.post("/me/password", data={"current": PASSWORD, "new": "password123"})
+    assert weak.status_code == 422 and "commonly used" in weak.text and "password123" not in weak.text
+    done = client.post("/me/password", data={"current": PASSWORD, "new": "Fresh-Orbit-Lantern-42"})
+    assert done.status_code == 200 and "Your password was changed." in done.text
+    assert sign_in(web.client(), "radiologist", "Fresh-Orbit-Lantern-42").status_code == 303
+    assert sign_in(web.client(), "radiologist", PASSWORD).status_code == 401
+    [(actor, outcome, detail)] = _actions(web, "auth.password_change")
+    assert (actor, outcome, detail) == ("user:radiologist", "denied", {"reason": "bad_password"})
+    assert [a for a, _, _ in _actions(web, "user.password_changed")] == ["user:radiologist"]
