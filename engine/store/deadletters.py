@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import Engine, and_, bindparam, select, update
 
 from engine.core.clock import utcnow
+from engine.store.messages import SET_STATUS
 from engine.store.queue import Queues
 from engine.store.tables import Delivery, Message
 from engine.store.writer import WriteItem
@@ -40,11 +41,6 @@ _RETRY = (
     .values(status="queued", attempts=0, next_attempt_at=bindparam("d_now"), updated_at=bindparam("d_now"))
 )
 _DISCARD = update(_deliveries).where(_WHERE_DEAD).values(status="discarded", updated_at=bindparam("d_now"))
-_MESSAGE_STATUS = (
-    update(_messages)
-    .where(_messages.c.id == bindparam("m_id"))
-    .values(status=bindparam("m_status"), error=bindparam("m_error"), updated_at=bindparam("m_now"))
-)
 
 
 @dataclass(frozen=True)
@@ -128,5 +124,5 @@ class DeadLetters:
             error = f"delivery to {destination} discarded by an operator"
         return WriteItem(
             guards=[(statement, {"d_message": message_id, "d_dest": destination, "d_now": now})],  # type: ignore[list-item]
-            statements=[(_MESSAGE_STATUS, {"m_id": message_id, "m_status": overall, "m_error": error, "m_now": now})],
+            statements=[(SET_STATUS, {"m_id": message_id, "m_status": overall, "m_error": error, "m_now": now})],
         )

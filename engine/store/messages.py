@@ -39,7 +39,7 @@ _SAME_CONTROL = (
     .order_by(_messages.c.id.desc())
     .limit(10)
 )
-_SET_STATUS = (
+SET_STATUS = (  # a message's overall status (also engine.store.deadletters)
     update(_messages)
     .where(_messages.c.id == bindparam("m_id"))
     .values(status=bindparam("m_status"), error=bindparam("m_error"), updated_at=bindparam("m_now"))
@@ -176,7 +176,7 @@ class Messages:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
         return WriteItem(
-            statements=[(_SET_STATUS, {"m_id": message_id, "m_status": status, "m_error": error, "m_now": utcnow()})]
+            statements=[(SET_STATUS, {"m_id": message_id, "m_status": status, "m_error": error, "m_now": utcnow()})]
         )
 
     def _key_row(self, data_key: DataKey, now: datetime) -> dict[str, Any]:

@@ -164,7 +164,3 @@ def still_signed_in(request: Request) -> bool:
     session_id = request.cookies.get(cookie_name(request))
     found = site.sessions.validate(session_id, site.clock(), peer(request), touch=False) if session_id else None
     return isinstance(found, ActiveSession)
-
-
-def active_session(request: Request) -> ActiveSession | None:
-    return getattr(request.state, "session", None)

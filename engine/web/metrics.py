@@ -34,6 +34,14 @@ _REGISTRY = "metrics.registry"
 _lock = threading.Lock()
 
 
+def _gauge(name: str, text: str, labels: list[str], values: dict[tuple[str, ...], float]) -> GaugeMetricFamily:
+    """One gauge family from {label values: value}, in a stable order."""
+    family = GaugeMetricFamily(name, text, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
 class StoreCollector(Collector):
     """Reads the store (and the running channels) each time the registry is collected."""
 
@@ -52,33 +60,17 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
-        messages = GaugeMetricFamily("radbridge_messages", "Messages received in the last 24 hours, by status now.",
-                                     labels=["channel", "status"])  # fmt: skip
-        for (channel, status), n in sorted(snap.messages.items()):
-            messages.add_metric([channel, status], n)
-        yield messages
-        deliveries = GaugeMetricFamily("radbridge_deliveries", "Deliveries by channel, destination and status.",
-                                       labels=["channel", "destination", "status"])  # fmt: skip
-        for (channel, destination, status), n in sorted(snap.deliveries.items()):
-            deliveries.add_metric([channel, destination, status], n)
-        yield deliveries
-        oldest = GaugeMetricFamily(
-            "radbridge_delivery_oldest_queued_seconds",
-            "Age of the oldest message still queued for a destination (absent: nothing queued).",
-            labels=["channel", "destination"],
-        )
-        for (channel, destination), age in sorted(snap.oldest_queued.items()):
-            oldest.add_metric([channel, destination], age)
-        yield oldest
-        jobs = GaugeMetricFamily("radbridge_inference_jobs", "Inference jobs by model, version and state.",
-                                 labels=["model", "version", "state"])  # fmt: skip
-        for (model, version, state), n in sorted(snap.jobs.items()):
-            jobs.add_metric([model, version, state], n)
-        yield jobs
-        studies = GaugeMetricFamily("radbridge_studies", "Studies by correlation state.", labels=["state"])
-        for state, n in sorted(snap.studies.items()):
-            studies.add_metric([state], n)
-        yield studies
+        yield _gauge("radbridge_messages", "Messages received in the last 24 hours, by status now.",
+                     ["channel", "status"], snap.messages)  # fmt: skip
+        yield _gauge("radbridge_deliveries", "Deliveries by channel, destination and status.",
+                     ["channel", "destination", "status"], snap.deliveries)  # fmt: skip
+        yield _gauge("radbridge_delivery_oldest_queued_seconds",
+                     "Age of the oldest message still queued for a destination (absent: nothing queued).",
+                     ["channel", "destination"], snap.oldest_queued)  # fmt: skip
+        yield _gauge("radbridge_inference_jobs", "Inference jobs by model, version and state.",
+                     ["model", "version", "state"], snap.jobs)  # fmt: skip
+        yield _gauge("radbridge_studies", "Studies by correlation state.", ["state"],
+                     {(state,): n for state, n in snap.studies.items()})  # fmt: skip
         yield CounterMetricFamily("radbridge_audit_entries", "Entries in the audit trail (all nodes).",
                                   value=snap.audit_entries)  # fmt: skip
         checkpoint = snap.last_checkpoint.timestamp() if snap.last_checkpoint else 0.0

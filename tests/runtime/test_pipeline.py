@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -104,6 +105,22 @@ async def test_type_not_accepted_is_refused_and_kept(engine: Engine) -> None:
     outcome = await INBOXES["inbox"](inbound)
     assert outcome.status == "refused" and outcome.problem.code == 200
     assert "ORU^R01 is not accepted" in engine.ctx.messages.get(outcome.message_id).error
+
+
+async def test_a_payload_written_ahead_is_used_and_one_that_failed_is_sealed_inline(engine: Engine) -> None:
+    from concurrent.futures import Future
+
+    written = engine.prestore(_orm("BIG1", "y" * 100_000).raw)
+    assert written is not None
+    outcome = await INBOXES["inbox"](replace(_orm("BIG1", "y" * 100_000), prestored=written))
+    assert outcome.status == "accepted" and outcome.message_id == written.result().message_id
+    assert engine.ctx.messages.read(outcome.message_id) == _orm("BIG1", "y" * 100_000).raw
+    failed: Future[object] = Future()
+    failed.set_exception(OSError("disk full"))  # the write ahead failed: nothing is lost, it is sealed here
+    outcome = await INBOXES["inbox"](replace(_orm("BIG2", "z" * 100_000), prestored=failed))
+    assert outcome.status == "accepted"
+    assert engine.ctx.messages.read(outcome.message_id) == _orm("BIG2", "z" * 100_000).raw
+    assert engine.prestore(b"small") is None  # kept inline: nothing to write ahead
 
 
 async def test_store_failure_answers_unavailable(engine: Engine) -> None:

@@ -147,3 +147,20 @@ def test_a_discarded_delivery_is_settled_beside_a_sent_one(world: OpsWorld) -> N
     view = world.ctx.messages.get(message_id)
     assert view.status == "sent" and view.error == "delivery to archive discarded by an operator"
     assert view.deliveries == (("archive", "discarded", 3), ("downstream", "sent", 1))
+
+
+def test_a_reprocess_the_channel_does_not_take_leaves_the_dead_letter(world: OpsWorld, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The channel as configured now refuses the message again: its dead letters stay, nothing is settled."""
+    from engine.runtime.reprocess import Reprocessed
+    from engine.web import deadletters
+
+    dead = world.dead_message(phi.ORM.encode())
+
+    async def refused(ctx, ids, actor):  # type: ignore[no-untyped-def]
+        return [Reprocessed(ids[0], "019b0000-0000-7000-8000-000000000001", "refused")]
+
+    monkeypatch.setattr(deadletters, "reprocess", refused)
+    answer = world.web.session("integration_analyst").post(f"/api/dead-letters/{dead}/reprocess")
+    assert answer.status_code == 409 and "dead letters stay" in answer.json()["error"]
+    assert world.ctx.messages.get(dead).deliveries == (("downstream", "dead", 1),)
+    assert world.audit("dead_letter.discarded") == []
