@@ -3,7 +3,10 @@
 Run: .venv/bin/python benchmarks/mllp_bare_bench.py [seconds-per-run]
 
 "bare": an asyncio Protocol that finds the end block and writes a canned ACK — no parsing, no
-storage; what any MLLP listener in Python here can at most reach. "MllpSource": the engine's
+storage; what any MLLP listener in Python here can at most reach. "durable": the same, but what
+arrived in one loop iteration (from every connection) is appended to a file and fdatasync'ed once
+before those ACKs go out (group commit): the floor for any listener that answers AA only once the
+message is on disk, with nothing parsed, sealed or indexed. "MllpSource": the engine's
 listener (parse, Inbound, ACK built per message) with a sink that returns "accepted" at once, so
 the gap between the two rows is the connector's own cost. The server runs in a child process with
 its own event loop; N asyncio clients on 127.0.0.1 each send a 1 KB ORM^O01 and wait for its ACK
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC
 from pathlib import Path
@@ -56,10 +61,44 @@ class BareAck(asyncio.Protocol):
             self.transport.write(CANNED_ACK * n)  # type: ignore[attr-defined]
 
 
+class DurableAck(asyncio.Protocol):
+    """Appends each frame to a shared log; one fdatasync per loop iteration, then the ACKs."""
+
+    log_fd = -1
+    waiting: list[tuple[asyncio.BaseTransport, int]] = []
+    frames: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        n = data.count(b"\x1c")
+        if not n:
+            return
+        cls = DurableAck
+        if not cls.waiting:
+            asyncio.get_running_loop().call_soon(cls.flush)
+        cls.frames.append(data)
+        cls.waiting.append((self.transport, n))
+
+    @classmethod
+    def flush(cls) -> None:
+        frames, waiting, cls.frames, cls.waiting = cls.frames, cls.waiting, [], []
+        os.write(cls.log_fd, b"".join(frames))
+        os.fdatasync(cls.log_fd)
+        for transport, n in waiting:
+            transport.write(CANNED_ACK * n)  # type: ignore[attr-defined]
+
+
 async def _serve(kind: str, port_out: mp.connection.Connection, stop: mp.synchronize.Event) -> None:
     loop = asyncio.get_running_loop()
-    if kind == "bare":
-        server = await loop.create_server(BareAck, "127.0.0.1", 0)
+    if kind in ("bare", "durable"):
+        if kind == "durable":  # on the disk the engine uses (git-ignored data/), as mllp_bench does
+            folder = Path(__file__).resolve().parents[1] / "data"
+            folder.mkdir(exist_ok=True)
+            log = tempfile.NamedTemporaryFile(dir=folder, prefix="mllp-durable-")  # removed when closed
+            DurableAck.log_fd = log.fileno()
+        server = await loop.create_server(BareAck if kind == "bare" else DurableAck, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         close = server.close
     else:
@@ -146,7 +185,7 @@ def run(kind: str, connections: int, seconds: float) -> str:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-    for kind in ("bare", "MllpSource"):
+    for kind in ("bare", "durable", "MllpSource"):
         for connections in (1, 8):
             print(run(kind, connections, seconds), flush=True)
 
