@@ -16,3 +16,15 @@ def test_unknown_kind_and_short_key_rejected() -> None:
         BlindIndex(b"short")
     with pytest.raises(ValueError, match="unknown blind-index kind"):
         BlindIndex(b"k" * 32)("name", "x")
+
+
+def test_values_are_plain_hmac_sha256_so_stored_indexes_stay_searchable() -> None:
+    import hashlib
+    import hmac
+
+    key = b"k" * 32
+    index = BlindIndex(key)
+    assert index("mrn", " MRN-FAKE-1 ") == hmac.new(key, b"mrn\x00MRN-FAKE-1", "sha256").hexdigest()
+    digest = hashlib.sha256(b"payload").digest()
+    expected = hmac.new(key, b"content-sha256\x00" + digest, "sha256").hexdigest()
+    assert index.content(b"payload") == expected == index.content(b"other", digest.hex())
