@@ -34,7 +34,7 @@ import httpx
 
 from engine.core.errors import PermanentError, RetryableError
 from engine.fhir.bundle import FHIR_JSON
-from engine.security.oauth2 import AuthSettings, TokenSource, retry_after, transport_error
+from engine.security.oauth2 import AuthSettings, TokenSource, read_capped, retry_after, transport_error
 
 __all__ = ["Answer", "FhirClient", "FhirRefused", "FhirUnavailable", "issue_codes", "outcome_of", "summary"]
 
@@ -162,7 +162,11 @@ class FhirClient:
                 sent["Authorization"] = await self.tokens.authorization()
             try:
                 async with self.http.stream(method, url or self.base, content=body, headers=sent) as response:
-                    answer = Answer(response.status_code, response.headers, await _read(response, where))
+                    answer = Answer(
+                        response.status_code,
+                        response.headers,
+                        await read_capped(response, MAX_ANSWER, where, FhirRefused),
+                    )
             except httpx.TransportError as exc:
                 error = transport_error(exc, where)
                 raise (FhirUnavailable(str(error)) if isinstance(error, RetryableError) else error) from None
@@ -184,16 +188,6 @@ class FhirClient:
         if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
             raise FhirRefused(f"{self.what}: {step}: search answer is not a Bundle")
         return document
-
-
-async def _read(response: httpx.Response, where: str) -> bytes:
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            raise FhirRefused(f"{where}: answer larger than {MAX_ANSWER} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _refusal(answer: Answer, where: str, *, versioned: bool) -> PermanentError | RetryableError:

@@ -148,6 +148,22 @@ def transport_error(exc: httpx.TransportError, what: str) -> RadbridgeError:
     return RetryableError(f"{what}: connection failed ({type(exc).__name__})")
 
 
+async def read_capped(
+    response: httpx.Response, limit: int, where: str, error: type[PermanentError] = PermanentError
+) -> bytes:
+    """The answer's body, refused (`error`) as soon as it is declared or turns out larger than `limit`."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise error(f"{where}: answer larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise error(f"{where}: answer larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

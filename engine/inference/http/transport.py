@@ -19,10 +19,11 @@ from pathlib import Path
 
 import httpx
 
-from engine.core.errors import ConfigError, PermanentError
+from engine.core.errors import ConfigError
 from engine.inference.http.auth import TokenSource
 from engine.inference.http.errors import refusal, transport_error
 from engine.inference.models import OipModel, UploadModel
+from engine.security.oauth2 import read_capped
 from engine.security.tls import client_context_for
 
 MAX_ANSWER = 64 * 1024 * 1024
@@ -95,7 +96,7 @@ class ModelHttp:
                             continue
                     if not (response.is_success or response.status_code in also):
                         raise refusal(response.status_code, response.headers, where)
-                    data = await _read(response, where)
+                    data = await read_capped(response, MAX_ANSWER, where)
                     return Answer(response.status_code, response.headers, data, response.url)
             except httpx.TransportError as exc:
                 raise transport_error(exc, where) from exc
@@ -103,16 +104,3 @@ class ModelHttp:
 
     async def close(self) -> None:
         await self.client.aclose()
-
-
-async def _read(response: httpx.Response, where: str) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_ANSWER:
-        raise PermanentError(f"{where}: answer larger than {MAX_ANSWER} bytes")
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_ANSWER:
-            raise PermanentError(f"{where}: answer larger than {MAX_ANSWER} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
