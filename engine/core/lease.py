@@ -6,6 +6,8 @@ lease back for an engine that has stopped (another engine would wait out the who
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -26,3 +28,8 @@ class OwnedLease:
         with self._guard:
             self._released = True
             self.leases.release(self.name)
+
+    async def release_on_stop(self) -> None:
+        """release() from a stopping task, off the event loop; a failure is ignored (the lease expires anyway)."""
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.release)

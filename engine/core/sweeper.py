@@ -29,8 +29,7 @@ class Sweeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._owned is not None:
-            with contextlib.suppress(Exception):  # it expires by itself anyway
-                await asyncio.to_thread(self._owned.release)
+            await self._owned.release_on_stop()
 
     async def _run(self) -> None:
         while True:

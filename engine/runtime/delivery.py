@@ -76,8 +76,7 @@ class DeliveryWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._owned is not None:
-            with contextlib.suppress(Exception):  # it expires by itself anyway
-                await asyncio.to_thread(self._owned.release)
+            await self._owned.release_on_stop()
         await self.destination.close()
 
     async def _hold_lease(self) -> bool:
