@@ -77,7 +77,8 @@ def assembly_writes(
         instance = {
             "study_key": skey, "sop_idx": index("sop_uid", header.sop_instance_uid),
             "series_idx": index("series_uid", header.series_uid), "message_id": message_id,
-            "sop_class": header.sop_class_uid[:64], "modality": header.modality[:16], "body_part": header.body_part[:64],
+            "sop_class": header.sop_class_uid[:64], "modality": header.modality[:16],
+            "body_part": header.body_part[:64],
             "transfer_syntax": header.transfer_syntax[:64], "sha256": header.sha256, "size": header.size,
             "received_at": now,
         }  # fmt: skip

@@ -80,7 +80,8 @@ class Content:
 
 _STUDY_COLS = [f.name for f in fields(StudyRow)]
 _ORDER_COLS = [f.name for f in fields(OrderRow)]
-_STUDY_SET = [c for c in _STUDY_COLS if c not in ("key", "id", "channel", "study_uid_idx", "first_at", "header_message")]
+_STUDY_FIXED = ("key", "id", "channel", "study_uid_idx", "first_at", "header_message")
+_STUDY_SET = [c for c in _STUDY_COLS if c not in _STUDY_FIXED]
 _ORDER_SET = [c for c in _ORDER_COLS if c not in ("id", "created_at")]
 
 _UPDATE_STUDY = (
@@ -174,7 +175,8 @@ class Repo:
 
     def study_keys(self, study_key: str) -> list[tuple[str, str]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(_study_keys.c.kind, _study_keys.c.idx).where(_study_keys.c.study_key == study_key))
+            k = _study_keys.c
+            rows = conn.execute(select(k.kind, k.idx).where(k.study_key == study_key))
             return [(r.kind, r.idx) for r in rows]
 
     def orders_by_keys(self, pairs: Iterable[tuple[str, str]]) -> list[OrderRow]:
@@ -225,13 +227,13 @@ class Repo:
     @staticmethod
     def save_study(old: StudyRow, new: StudyRow) -> WriteItem:
         params = {f"s_{c}": getattr(new, c) for c in _STUDY_SET}
-        params.update({"g_key": old.key, "g_version": old.version, "s_version": old.version + 1, "s_updated_at": utcnow()})
+        params.update(g_key=old.key, g_version=old.version, s_version=old.version + 1, s_updated_at=utcnow())
         return WriteItem(guards=[(_UPDATE_STUDY, params)])
 
     @staticmethod
     def save_order(old: OrderRow, new: OrderRow) -> WriteItem:
         params = {f"s_{c}": getattr(new, c) for c in _ORDER_SET}
-        params.update({"g_id": old.id, "g_version": old.version, "s_version": old.version + 1, "s_updated_at": utcnow()})
+        params.update(g_id=old.id, g_version=old.version, s_version=old.version + 1, s_updated_at=utcnow())
         return WriteItem(guards=[(_UPDATE_ORDER, params)])
 
     def new_order(self, row: OrderRow, pairs: Iterable[tuple[str, str]]) -> WriteItem:

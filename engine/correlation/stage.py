@@ -255,7 +255,8 @@ class Correlator(SweptStage):
                 study = self.repo.study(existing.study_key)
                 if study is not None:
                     update = {"study_id": study.id, "order_id": row.id, "priority": priority,
-                              "procedure_code": fields.get("procedure_code"), "procedure_text": fields.get("procedure_text")}  # fmt: skip
+                              "procedure_code": fields.get("procedure_code"),
+                              "procedure_text": fields.get("procedure_text")}  # fmt: skip
                     self._emit(plan, "study.updated", update, [study.id, row.id])
                 return
         for study in self.repo.studies_by_keys(pairs):
@@ -297,7 +298,8 @@ class Correlator(SweptStage):
         now = utcnow()
         for study in studies:
             current = plan.study(study)
-            if note.event in ("study.stable", "procedure.completed") and current.stable_due and current.stable_due > now:
+            complete = note.event in ("study.stable", "procedure.completed")
+            if complete and current.stable_due and current.stable_due > now:
                 plan.set_study(study, current.but(stable_due=now))  # the PACS says it is complete: no need to wait
         self._audit(plan, "study.notified", [s.id for s in studies], source=note.source, event=note.event,
                     held=bool(studies))  # fmt: skip
@@ -402,15 +404,17 @@ class Correlator(SweptStage):
         ):
             return
         if trigger == "quiet":
-            self._emit(plan, "study.stable", {"study_id": study.id, "study_uid": header.study_uid,
-                                              "instances": content.count, "content_hash": content.hash}, [study.id])  # fmt: skip
+            stable = {"study_id": study.id, "study_uid": header.study_uid, "instances": content.count,
+                      "content_hash": content.hash}  # fmt: skip
+            self._emit(plan, "study.stable", stable, [study.id])
         mismatched = [c for c in active if patient_mismatch(header, c.fields, self.config.patient_check)]
         if mismatched:
             plan.set_study(found, study.but(state="held", reason="patient-mismatch", content_hash=content.hash,
                                             instances=content.count, wait_due=None))  # fmt: skip
             for c in mismatched:
                 plan.orders[c.row.id] = self._order_change(plan, c, state="held", study_key=study.key)
-            facts = sorted({f for c in mismatched for f in patient_mismatch(header, c.fields, self.config.patient_check)})
+            check = self.config.patient_check
+            facts = sorted({f for c in mismatched for f in patient_mismatch(header, c.fields, check)})
             self._audit(plan, "correlation.mismatch", [study.id] + [c.row.id for c in mismatched], "failure",
                         facts=facts)  # fmt: skip
             log.warning("correlation %s: study %s held: patient mismatch (%s) with order(s) %s", self.channel,
@@ -453,8 +457,9 @@ class Correlator(SweptStage):
                                         triggered_hash=content.hash, instances=content.count))  # fmt: skip
         for c in active:
             plan.orders[c.row.id] = self._order_change(plan, c, state="ready", study_key=study.key, expires_at=None)
-        fields = ready_fields(study_id=study.id, header=header, content=content,
-                              orders=[(c.row.id, c.fields) for c in active], trigger=trigger, partial=partial)  # fmt: skip
+        orders = [(c.row.id, c.fields) for c in active]
+        fields = ready_fields(study_id=study.id, header=header, content=content, orders=orders, trigger=trigger,
+                              partial=partial)  # fmt: skip
         fields["channel"] = study.channel  # the imaging channel the study came in on, for routing rules
         self._emit(plan, "study.ready", fields, [study.id] + [c.row.id for c in active])
 
@@ -469,7 +474,8 @@ class Correlator(SweptStage):
                 continue
             plan.orders[c.row.id] = self._order_change(plan, c, state="ready", study_key=study.key, expires_at=None)
             link = {"study_id": study.id, "study_uid": header.study_uid, "order_id": c.row.id,
-                    "accession": c.fields.get("accession"), "priority": c.fields.get("priority") or "routine"}  # fmt: skip
+                    "accession": c.fields.get("accession"),
+                    "priority": c.fields.get("priority") or "routine"}  # fmt: skip
             self._emit(plan, "study.linked", link, [study.id, c.row.id])
 
     def _order_change(self, plan: Plan, cand: _Candidate, **changes: Any) -> Any:

@@ -110,7 +110,8 @@ def _read(raw: bytes) -> InstanceHeader:
     if missing:
         raise DicomHeaderError("missing " + ", ".join(missing))
     accessions = [_text(ds, "AccessionNumber")]
-    placer, filler = _text(ds, "PlacerOrderNumberImagingServiceRequest"), _text(ds, "FillerOrderNumberImagingServiceRequest")
+    placer = _text(ds, "PlacerOrderNumberImagingServiceRequest")
+    filler = _text(ds, "FillerOrderNumberImagingServiceRequest")
     for item in ds.get("RequestAttributesSequence") or ():
         accessions.append(_text(item, "AccessionNumber"))
         placer = placer or _text(item, "PlacerOrderNumberImagingServiceRequest")

@@ -49,7 +49,8 @@ class ChannelState:
             inserts=[(_keys, {"record_id": record_id, "kek_id": w.kek_id, "kek_version": w.kek_version,
                               "wrapped": w.wrapped, "created_at": now})]
         )  # fmt: skip
-        row = {"name": full, "record_id": record_id, "sealed": self.vault.seal(data_key, _PART, value), "updated_at": now}
+        sealed = self.vault.seal(data_key, _PART, value)
+        row = {"name": full, "record_id": record_id, "sealed": sealed, "updated_at": now}
         item.statements.append((_DELETE_STATE, {"s_name": full}))
         item.statements.append((_state.insert(), row))
         if old:

@@ -17,7 +17,8 @@ def _study(ctx: Context, key: str) -> None:
     now = datetime.now(UTC)
     row = {"key": key, "id": f"id-{key}", "channel": "c", "study_uid_idx": key, "state": "receiving", "reason": None,
            "instances": 0, "first_at": now, "last_at": now, "stable_due": None, "wait_due": None,
-           "header_message": "m", "content_hash": None, "triggered_hash": None, "version": 0, "updated_at": now}  # fmt: skip
+           "header_message": "m", "content_hash": None, "triggered_hash": None, "version": 0,
+           "updated_at": now}  # fmt: skip
     ctx.writer.write(WriteItem(inserts=[(Study.__table__, row)]))
 
 

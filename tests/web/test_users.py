@@ -163,6 +163,7 @@ def test_admin_enrols_totp_shown_once_and_the_user_then_needs_its_code(web: Web)
     asked = client.post("/login", data={"username": "radiologist", "password": PASSWORD})
     assert asked.status_code == 401 and "authenticator app" in asked.text
     code = pyotp.TOTP(secret).now()
-    assert client.post("/login", data={"username": "radiologist", "password": PASSWORD, "totp": code}).status_code == 303
+    signed_in = client.post("/login", data={"username": "radiologist", "password": PASSWORD, "totp": code})
+    assert signed_in.status_code == 303
     page = web.session("admin", accept_html=True).post("/users/technologist/totp")
     assert page.status_code == 201 and "shown once" in page.text and "otpauth://totp/" in page.text
