@@ -4,11 +4,14 @@ Run: .venv/bin/python benchmarks/mllp_bare_bench.py [seconds-per-run]
 
 "bare": an asyncio Protocol that finds the end block and writes a canned ACK — no parsing, no
 storage; what any MLLP listener in Python here can at most reach. "durable": the same, but what
-arrived in one loop iteration (from every connection) is appended to a file and fdatasync'ed once
-before those ACKs go out (group commit): the floor for any listener that answers AA only once the
+arrived in one loop iteration (from every connection) is written to a preallocated file (RingLog)
+and fdatasync'ed once before those ACKs go out (group commit): the floor for any listener that answers AA only once the
 message is on disk, with nothing parsed, sealed or indexed. "MllpSource": the engine's
 listener (parse, Inbound, ACK built per message) with a sink that returns "accepted" at once, so
-the gap between the two rows is the connector's own cost. The server runs in a child process with
+the gap between the two rows is the connector's own cost. "MllpSource+durable": that listener with
+a sink that writes the raw message to such a file, one fdatasync per loop iteration, before it
+answers: the floor for the engine itself, which does this and also maps, seals, indexes, audits
+and commits. The server runs in a child process with
 its own event loop; N asyncio clients on 127.0.0.1 each send a 1 KB ORM^O01 and wait for its ACK
 before the next (as MLLP senders do). Each run is bounded to a few seconds.
 """
@@ -24,6 +27,7 @@ import tempfile
 import time
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,10 +65,33 @@ class BareAck(asyncio.Protocol):
             self.transport.write(CANNED_ACK * n)  # type: ignore[attr-defined]
 
 
+class RingLog:
+    """The cheapest durable write there is: a file written full of zeros and fsync'ed up front, then
+    overwritten in a ring (so fdatasync flushes data only, no size or extent change), as a
+    preallocated journal would be. Measured here: ~120 us an fdatasync against ~180 appending."""
+
+    SIZE = 64 << 20
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0
+        chunk = bytes(1 << 20)
+        for _ in range(self.SIZE >> 20):
+            os.write(fd, chunk)
+        os.fsync(fd)
+
+    def write_durably(self, data: bytes) -> None:
+        if self.offset + len(data) > self.SIZE:
+            self.offset = 0
+        os.pwrite(self.fd, data, self.offset)
+        self.offset += len(data)
+        os.fdatasync(self.fd)
+
+
 class DurableAck(asyncio.Protocol):
     """Appends each frame to a shared log; one fdatasync per loop iteration, then the ACKs."""
 
-    log_fd = -1
+    log: RingLog
     waiting: list[tuple[asyncio.BaseTransport, int]] = []
     frames: list[bytes] = []
 
@@ -84,20 +111,45 @@ class DurableAck(asyncio.Protocol):
     @classmethod
     def flush(cls) -> None:
         frames, waiting, cls.frames, cls.waiting = cls.frames, cls.waiting, [], []
-        os.write(cls.log_fd, b"".join(frames))
-        os.fdatasync(cls.log_fd)
+        cls.log.write_durably(b"".join(frames))
         for transport, n in waiting:
             transport.write(CANNED_ACK * n)  # type: ignore[attr-defined]
 
 
+class DurableSink:
+    """MllpSource's sink for "MllpSource+durable": the raw message appended, one fdatasync per loop
+    iteration for everything handed in during it, then "accepted"."""
+
+    def __init__(self, log: RingLog) -> None:
+        self.log = log
+        self.pending: list[tuple[bytes, asyncio.Future[None]]] = []
+
+    async def __call__(self, inbound: Any) -> Any:
+        from engine.core.component import Outcome
+
+        future = asyncio.get_running_loop().create_future()
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append((inbound.raw, future))
+        await future
+        return Outcome("accepted", "m")
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        self.log.write_durably(b"".join(raw for raw, _ in pending))
+        for _, future in pending:
+            future.set_result(None)
+
+
 async def _serve(kind: str, port_out: mp.connection.Connection, stop: mp.synchronize.Event) -> None:
     loop = asyncio.get_running_loop()
+    log = None
+    if "durable" in kind:  # on the disk the engine uses (git-ignored data/), as mllp_bench does
+        folder = Path(__file__).resolve().parents[1] / "data"
+        folder.mkdir(exist_ok=True)
+        file = tempfile.NamedTemporaryFile(dir=folder, prefix="mllp-durable-")  # removed when closed
+        log = DurableAck.log = RingLog(file.fileno())
     if kind in ("bare", "durable"):
-        if kind == "durable":  # on the disk the engine uses (git-ignored data/), as mllp_bench does
-            folder = Path(__file__).resolve().parents[1] / "data"
-            folder.mkdir(exist_ok=True)
-            log = tempfile.NamedTemporaryFile(dir=folder, prefix="mllp-durable-")  # removed when closed
-            DurableAck.log_fd = log.fileno()
         server = await loop.create_server(BareAck if kind == "bare" else DurableAck, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         close = server.close
@@ -107,15 +159,17 @@ async def _serve(kind: str, port_out: mp.connection.Connection, stop: mp.synchro
 
         accepted = Outcome("accepted", "m")
 
-        async def sink(_inbound: object) -> Outcome:
+        async def at_once(_inbound: object) -> Outcome:
             return accepted
+
+        sink = DurableSink(log) if log is not None else at_once
 
         async def audit(*_a: object, **_k: object) -> None:
             return None
 
         config = MllpSource.Config.model_validate({"host": "127.0.0.1", "port": 0})
         source = MllpSource(config, ComponentContext("bench", Path("."), audit, UTC))
-        await source.start(sink)
+        await source.start(sink)  # type: ignore[arg-type]
         port = source.port
 
         def close() -> None:
@@ -178,14 +232,14 @@ def run(kind: str, connections: int, seconds: float) -> str:
     p50 = statistics.median(lat) * 1e3
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
     return (
-        f"{kind:<10} {connections} conn: {len(lat) / elapsed:>8,.0f} msgs/s   "
+        f"{kind:<18} {connections} conn: {len(lat) / elapsed:>8,.0f} msgs/s   "
         f"ACK latency p50 {p50:.3f} ms  p99 {p99:.3f} ms   ({len(lat):,} messages, {len(ORM)} B each)"
     )
 
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-    for kind in ("bare", "durable", "MllpSource"):
+    for kind in ("bare", "durable", "MllpSource", "MllpSource+durable"):
         for connections in (1, 8):
             print(run(kind, connections, seconds), flush=True)
 
