@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, tuple_
 
 from engine.config.auth import SessionPolicy
-from engine.store.stats import id_floor
+from engine.store.stats import id_time, recent
 from engine.store.tables import (
     AuditCheckpoint,
     AuditRow,
@@ -29,6 +29,7 @@ _messages, _deliveries, _jobs, _studies = (Message.__table__, Delivery.__table__
                                            Study.__table__)  # fmt: skip
 _audit, _checkpoints = AuditRow.__table__, AuditCheckpoint.__table__
 MESSAGES_WINDOW = timedelta(hours=24)
+BACKLOG = ("queued", "dead")  # delivery states that stay until someone or something acts
 _grants, _sessions = BreakGlassGrant.__table__, UserSession.__table__
 
 
@@ -36,6 +37,7 @@ _grants, _sessions = BreakGlassGrant.__table__, UserSession.__table__
 class Snapshot:
     messages: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, status)
     deliveries: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (channel, destination, status)
+    backlog: dict[tuple[str, str, str], int] = field(default_factory=dict)  # same key, BACKLOG states only
     oldest_queued: dict[tuple[str, str], float] = field(default_factory=dict)  # (channel, destination) -> s
     jobs: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (model, version, state)
     studies: dict[str, int] = field(default_factory=dict)  # state
@@ -60,31 +62,29 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
     idle_since = now - timedelta(minutes=sessions.idle_minutes)
     born_since = now - timedelta(hours=sessions.absolute_hours)
     with db.connect() as conn:
-        # Messages of the last day only: a count over the whole store would read every row at each scrape
-        # (a busy feed keeps millions). Ids are UUIDv7, so the window is a range of the primary key.
-        q = (
-            select(_messages.c.channel, _messages.c.status, func.count())
-            .where(_messages.c.id >= id_floor(now - MESSAGES_WINDOW))
-            .group_by(_messages.c.channel, _messages.c.status)
-        )
+        # Messages and their deliveries of the last day only: a count over the whole store would read
+        # every row at each scrape (a busy feed keeps millions); the window is a primary-key range.
+        since = now - MESSAGES_WINDOW
+        m = recent("day_messages", _messages.c.id, since, _messages.c.channel, _messages.c.status).c
+        q = select(m.channel, m.status, func.count()).group_by(m.channel, m.status)
         found.messages = {(c, s): n for c, s, n in conn.execute(q)}
-        # Covered by ix_deliveries_queue (channel, destination, status, message_id): an index-only scan.
         d = _deliveries.c
-        q = select(d.channel, d.destination, d.status, func.count()).group_by(d.channel, d.destination, d.status)
+        w = recent("day_deliveries", d.message_id, since, d.channel, d.destination, d.status).c
+        q = select(w.channel, w.destination, w.status, func.count()).group_by(w.channel, w.destination, w.status)
         found.deliveries = {(c, t, s): n for c, t, s, n in conn.execute(q)}
-        # Message ids are UUIDv7 (time ordered): the smallest queued id per queue is its oldest message.
-        heads = (
-            select(d.channel, d.destination, func.min(d.message_id).label("first"))
-            .where(d.status == "queued")
-            .group_by(d.channel, d.destination)
-            .subquery("heads")
-        )
-        q = select(heads.c.channel, heads.c.destination, _messages.c.received_at).join(
-            _messages, _messages.c.id == heads.c.first
-        )
-        for channel, destination, received in conn.execute(q):
-            age = (now - _utc(received)).total_seconds() if received is not None else 0.0  # type: ignore[operator]
-            found.oldest_queued[(channel, destination)] = max(0.0, age)
+        # What still waits or gave up, whenever it arrived: per queue, seeks in ix_deliveries_queue
+        # (channel, destination, status, message_id) that read only the backlog's own entries.
+        for channel, destination in queues(conn):
+            q = (
+                select(d.status, func.count(), func.min(d.message_id))
+                .where(d.channel == channel, d.destination == destination, d.status.in_(BACKLOG))
+                .group_by(d.status)
+            )
+            for status, count, first in conn.execute(q):
+                found.backlog[(channel, destination, status)] = count
+                # Message ids are UUIDv7: the smallest queued id is the oldest message, and dates itself.
+                if status == "queued" and (born := id_time(first)) is not None:
+                    found.oldest_queued[(channel, destination)] = max(0.0, (now - born).total_seconds())
         j = _jobs.c
         q = select(j.model, j.model_version, j.state, func.count()).group_by(j.model, j.model_version, j.state)
         found.jobs = {(m, v, s): n for m, v, s, n in conn.execute(q)}
@@ -104,4 +104,17 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
             select(func.count()).select_from(_sessions)
             .where(s.ended_at.is_(None), s.last_seen_at > idle_since, s.created_at > born_since)
         ).scalar_one()  # fmt: skip
+    return found
+
+
+def queues(conn: Connection) -> list[tuple[str, str]]:
+    """The (channel, destination) pairs that have deliveries: a loose index scan of ix_deliveries_queue,
+    one seek per pair, where SELECT DISTINCT would read every delivery ever made."""
+    d = _deliveries.c
+    first = select(d.channel, d.destination).order_by(d.channel, d.destination).limit(1)
+    found: list[tuple[str, str]] = []
+    row = conn.execute(first).first()
+    while row is not None:
+        found.append((row[0], row[1]))
+        row = conn.execute(first.where(tuple_(d.channel, d.destination) > tuple_(row[0], row[1]))).first()
     return found

@@ -1,11 +1,9 @@
 """Operators' read-only queries: message counts per channel and status, delivery queue depths, and
 the sizes of a message's sealed parts. Never content.
 
-The counts are GROUP BYs the indexes serve: deliveries by (channel, destination, status) is an
-index-only scan of ix_deliveries_queue, and the oldest queued message of a queue is its MIN(message_id)
-in that same index. Ids are UUIDv7, so an id carries its arrival time: the `since` window is an id
-bound (ix_messages_channel is (channel, id)), and a queue's oldest waiting message dates itself
-without reading the messages table.
+Ids are UUIDv7, so an id carries its arrival time: the `since` window is a range of the primary keys
+(messages.id, deliveries.message_id; see `recent`), and a queue's oldest waiting message is its
+MIN(message_id), which dates itself without reading the messages table.
 """
 
 from __future__ import annotations
@@ -14,8 +12,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import CTE, ColumnElement, Engine, func, select
 
 from engine.store.tables import Content, Delivery, Message
 
@@ -44,6 +43,13 @@ def id_time(record_id: str) -> datetime | None:
     return datetime.fromtimestamp((value.int >> 80) / 1000, UTC)
 
 
+def recent(name: str, id_column: ColumnElement[str], since: datetime, *columns: ColumnElement[object]) -> CTE:
+    """`columns` of the rows whose UUIDv7 id is at or after `since`: a range of the primary key.
+    MATERIALIZED because SQLite's planner would otherwise group along a covering index (such as
+    ix_messages_channel) and read every row ever stored to count a day's."""
+    return select(*columns).where(id_column >= id_floor(since)).cte(name).prefix_with("MATERIALIZED")
+
+
 @dataclass
 class QueueStats:
     """One (channel, destination) delivery queue."""
@@ -69,20 +75,15 @@ class ChannelStats:
 def channel_stats(engine: Engine, since: datetime | None = None) -> dict[str, ChannelStats]:
     """Per channel: messages by status and each destination's deliveries by status (received since
     `since` when given, all time otherwise)."""
-    floor = id_floor(since) if since is not None else None
-    by_status = select(_messages.c.channel, _messages.c.status, func.count()).group_by(
-        _messages.c.channel, _messages.c.status
+    m: Any = _messages.c
+    d: Any = _deliveries.c
+    if since is not None:
+        m = recent("day_messages", m.id, since, m.channel, m.status).c
+        d = recent("day_deliveries", d.message_id, since, d.channel, d.destination, d.status, d.message_id).c
+    by_status = select(m.channel, m.status, func.count()).group_by(m.channel, m.status)
+    by_queue = select(d.channel, d.destination, d.status, func.count(), func.min(d.message_id)).group_by(
+        d.channel, d.destination, d.status
     )
-    by_queue = select(
-        _deliveries.c.channel,
-        _deliveries.c.destination,
-        _deliveries.c.status,
-        func.count(),
-        func.min(_deliveries.c.message_id),
-    ).group_by(_deliveries.c.channel, _deliveries.c.destination, _deliveries.c.status)
-    if floor is not None:
-        by_status = by_status.where(_messages.c.id >= floor)
-        by_queue = by_queue.where(_deliveries.c.message_id >= floor)
     found: dict[str, ChannelStats] = {}
     with engine.connect() as conn:
         for channel, status, count in conn.execute(by_status):

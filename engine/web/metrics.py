@@ -62,8 +62,10 @@ class StoreCollector(Collector):
         snap = self._snapshot()
         yield _gauge("radbridge_messages", "Messages received in the last 24 hours, by status now.",
                      ["channel", "status"], snap.messages)  # fmt: skip
-        yield _gauge("radbridge_deliveries", "Deliveries by channel, destination and status.",
+        yield _gauge("radbridge_deliveries", "Deliveries of messages received in the last 24 hours, by status now.",
                      ["channel", "destination", "status"], snap.deliveries)  # fmt: skip
+        yield _gauge("radbridge_delivery_backlog", "Deliveries still queued or dead, however old (absent: none).",
+                     ["channel", "destination", "status"], snap.backlog)  # fmt: skip
         yield _gauge("radbridge_delivery_oldest_queued_seconds",
                      "Age of the oldest message still queued for a destination (absent: nothing queued).",
                      ["channel", "destination"], snap.oldest_queued)  # fmt: skip
