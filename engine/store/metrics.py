@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, func, select, tuple_
+from sqlalchemy import Engine, func, select
 
 from engine.config.auth import SessionPolicy
-from engine.store.stats import id_time, recent
+from engine.store.stats import backlog, id_time, recent
 from engine.store.tables import (
     AuditCheckpoint,
     AuditRow,
@@ -29,7 +29,6 @@ _messages, _deliveries, _jobs, _studies = (Message.__table__, Delivery.__table__
                                            Study.__table__)  # fmt: skip
 _audit, _checkpoints = AuditRow.__table__, AuditCheckpoint.__table__
 MESSAGES_WINDOW = timedelta(hours=24)
-BACKLOG = ("queued", "dead")  # delivery states that stay until someone or something acts
 _grants, _sessions = BreakGlassGrant.__table__, UserSession.__table__
 
 
@@ -72,17 +71,9 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
         w = recent("day_deliveries", d.message_id, since, d.channel, d.destination, d.status).c
         q = select(w.channel, w.destination, w.status, func.count()).group_by(w.channel, w.destination, w.status)
         found.deliveries = {(c, t, s): n for c, t, s, n in conn.execute(q)}
-        # What still waits or gave up, whenever it arrived: per queue, seeks in ix_deliveries_queue
-        # (channel, destination, status, message_id) that read only the backlog's own entries.
-        for channel, destination in queues(conn):
-            q = (
-                select(d.status, func.count(), func.min(d.message_id))
-                .where(d.channel == channel, d.destination == destination, d.status.in_(BACKLOG))
-                .group_by(d.status)
-            )
-            for status, count, first in conn.execute(q):
+        for (channel, destination), states in backlog(conn).items():
+            for status, (count, first) in states.items():
                 found.backlog[(channel, destination, status)] = count
-                # Message ids are UUIDv7: the smallest queued id is the oldest message, and dates itself.
                 if status == "queued" and (born := id_time(first)) is not None:
                     found.oldest_queued[(channel, destination)] = max(0.0, (now - born).total_seconds())
         j = _jobs.c
@@ -106,15 +97,3 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
         ).scalar_one()  # fmt: skip
     return found
 
-
-def queues(conn: Connection) -> list[tuple[str, str]]:
-    """The (channel, destination) pairs that have deliveries: a loose index scan of ix_deliveries_queue,
-    one seek per pair, where SELECT DISTINCT would read every delivery ever made."""
-    d = _deliveries.c
-    first = select(d.channel, d.destination).order_by(d.channel, d.destination).limit(1)
-    found: list[tuple[str, str]] = []
-    row = conn.execute(first).first()
-    while row is not None:
-        found.append((row[0], row[1]))
-        row = conn.execute(first.where(tuple_(d.channel, d.destination) > tuple_(row[0], row[1]))).first()
-    return found

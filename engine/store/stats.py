@@ -2,7 +2,8 @@
 the sizes of a message's sealed parts. Never content.
 
 Ids are UUIDv7, so an id carries its arrival time: the `since` window is a range of the primary keys
-(messages.id, deliveries.message_id; see `recent`), and a queue's oldest waiting message is its
+(messages.id, deliveries.message_id; see `recent`). The backlog (queued and dead deliveries) is
+counted however old, by seeks in ix_deliveries_queue, and a queue's oldest waiting message is its
 MIN(message_id), which dates itself without reading the messages table.
 """
 
@@ -14,13 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CTE, ColumnElement, Engine, func, select
+from sqlalchemy import CTE, ColumnElement, Connection, Engine, func, select, tuple_
 
 from engine.store.tables import Content, Delivery, Message
 
 _messages = Message.__table__
 _deliveries = Delivery.__table__
 _contents = Content.__table__
+BACKLOG = ("queued", "dead")  # delivery states that stay until something or someone acts
 
 
 def id_floor(when: datetime) -> str:
@@ -50,12 +52,41 @@ def recent(name: str, id_column: ColumnElement[str], since: datetime, *columns: 
     return select(*columns).where(id_column >= id_floor(since)).cte(name).prefix_with("MATERIALIZED")
 
 
+def queues(conn: Connection) -> list[tuple[str, str]]:
+    """The (channel, destination) pairs that have deliveries: a loose index scan of ix_deliveries_queue,
+    one seek per pair, where SELECT DISTINCT would read every delivery ever made."""
+    d = _deliveries.c
+    first = select(d.channel, d.destination).order_by(d.channel, d.destination).limit(1)
+    found: list[tuple[str, str]] = []
+    row = conn.execute(first).first()
+    while row is not None:
+        found.append((row[0], row[1]))
+        row = conn.execute(first.where(tuple_(d.channel, d.destination) > tuple_(row[0], row[1]))).first()
+    return found
+
+
+def backlog(conn: Connection) -> dict[tuple[str, str], dict[str, tuple[int, str]]]:
+    """Per queue, its deliveries in a BACKLOG state however old: status -> (count, oldest message id).
+    Seeks in ix_deliveries_queue (channel, destination, status, message_id): reads the backlog only."""
+    d = _deliveries.c
+    found: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
+    for channel, destination in queues(conn):
+        q = (
+            select(d.status, func.count(), func.min(d.message_id))
+            .where(d.channel == channel, d.destination == destination, d.status.in_(BACKLOG))
+            .group_by(d.status)
+        )
+        for status, count, first in conn.execute(q):
+            found.setdefault((channel, destination), {})[status] = (count, first)
+    return found
+
+
 @dataclass
 class QueueStats:
     """One (channel, destination) delivery queue."""
 
     destination: str
-    counts: dict[str, int] = field(default_factory=dict)  # delivery status -> deliveries
+    counts: dict[str, int] = field(default_factory=dict)  # status -> deliveries (BACKLOG states: however old)
     oldest_queued: str | None = None  # message id at the head of the queue
     oldest_queued_at: datetime | None = None
 
@@ -74,26 +105,32 @@ class ChannelStats:
 
 def channel_stats(engine: Engine, since: datetime | None = None) -> dict[str, ChannelStats]:
     """Per channel: messages by status and each destination's deliveries by status (received since
-    `since` when given, all time otherwise)."""
+    `since` when given, all time otherwise), with the queued and dead ones counted however old."""
     m: Any = _messages.c
     d: Any = _deliveries.c
     if since is not None:
         m = recent("day_messages", m.id, since, m.channel, m.status).c
-        d = recent("day_deliveries", d.message_id, since, d.channel, d.destination, d.status, d.message_id).c
+        d = recent("day_deliveries", d.message_id, since, d.channel, d.destination, d.status).c
     by_status = select(m.channel, m.status, func.count()).group_by(m.channel, m.status)
-    by_queue = select(d.channel, d.destination, d.status, func.count(), func.min(d.message_id)).group_by(
-        d.channel, d.destination, d.status
-    )
+    by_queue = select(d.channel, d.destination, d.status, func.count()).group_by(d.channel, d.destination, d.status)
     found: dict[str, ChannelStats] = {}
+
+    def queue(channel: str, destination: str) -> QueueStats:
+        stats = found.setdefault(channel, ChannelStats(channel))
+        return stats.queues.setdefault(destination, QueueStats(destination))
+
     with engine.connect() as conn:
         for channel, status, count in conn.execute(by_status):
             found.setdefault(channel, ChannelStats(channel)).messages[status] = count
-        for channel, destination, status, count, oldest in conn.execute(by_queue):
-            stats = found.setdefault(channel, ChannelStats(channel))
-            queue = stats.queues.setdefault(destination, QueueStats(destination))
-            queue.counts[status] = count
-            if status == "queued":
-                queue.oldest_queued, queue.oldest_queued_at = oldest, id_time(oldest)
+        for channel, destination, status, count in conn.execute(by_queue):
+            if status not in BACKLOG:
+                queue(channel, destination).counts[status] = count
+        for (channel, destination), states in backlog(conn).items():
+            waiting = queue(channel, destination)
+            for status, (count, oldest) in states.items():
+                waiting.counts[status] = count
+                if status == "queued":
+                    waiting.oldest_queued, waiting.oldest_queued_at = oldest, id_time(oldest)
     return found
 
 

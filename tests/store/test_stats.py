@@ -6,8 +6,8 @@ from datetime import timedelta
 from engine.config.auth import SessionPolicy
 from engine.core.clock import utcnow
 from engine.runtime.context import Context
-from engine.store.metrics import queues, snapshot
-from engine.store.stats import channel_stats, id_floor
+from engine.store.metrics import snapshot
+from engine.store.stats import channel_stats, id_floor, queues
 from engine.store.tables import Delivery
 
 ORDER = b"MSH|^~\\&|RIS|GENHOSP|RADBRIDGE|GENHOSP|20261121101500||ORM^O01|C1|P|2.3.1\r"
@@ -47,8 +47,11 @@ def test_day_window_and_backlog(ctx: Context) -> None:
     assert abs(snap.oldest_queued[("orders", "ehr")] - 2 * 86400) < 60
     assert snap.oldest_queued[("results", "pacs")] < 60 and ("orders", "archive") not in snap.oldest_queued
 
-    day = channel_stats(ctx.db, now - timedelta(days=1))
-    assert day["orders"].queues["ehr"].counts == {"sent": 1} and set(day) == {"orders", "results"}
+    day = channel_stats(ctx.db, now - timedelta(days=1))  # sent in the window, what waits or died however old
+    assert set(day) == {"orders", "results"}
+    assert day["orders"].queues["ehr"].counts == {"sent": 1, "queued": 1, "dead": 1}
+    assert abs((now - day["orders"].queues["ehr"].oldest_queued_at).total_seconds() - 2 * 86400) < 60
+    assert "archive" not in day["orders"].queues  # its one delivery was sent four days ago
     ever = channel_stats(ctx.db)
     assert ever["orders"].queues["ehr"].counts == {"dead": 1, "sent": 2, "queued": 1}
     assert ever["orders"].queues["archive"].counts == {"sent": 1}
