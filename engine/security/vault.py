@@ -7,8 +7,12 @@ Rotation re-wraps data keys only; deleting a record's wrapped key crypto-shreds 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -108,3 +112,37 @@ class AuditSealer:
             return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], f"radbridge/audit/v1|{entry_id}".encode())
         except InvalidTag:
             raise IntegrityError(f"audit entry {entry_id}: detail failed authentication") from None
+
+
+class StateRefused(Exception):
+    """Sealed state that cannot be used; `reason` is "missing", "forged" or "expired"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def seal_state(key: bytes, payload: Mapping[str, Any], aad: bytes) -> str:
+    """Short-lived state a browser carries for us (a cookie, a hidden form field): the payload as JSON
+    under AES-GCM with `key` (one per purpose) and associated data naming what it is bound to, in
+    URL-safe base64. Nobody can read, forge or move it elsewhere. The payload must hold `exp` (Unix time)."""
+    nonce = os.urandom(_NONCE)
+    sealed = nonce + AESGCM(key).encrypt(nonce, json.dumps(dict(payload)).encode(), aad)
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+
+def open_state(key: bytes, value: str | None, aad: bytes, now: float) -> dict[str, Any]:
+    """The payload of `seal_state`, if `value` was sealed with this key and associated data and its
+    `exp` has not passed at `now` (Unix time); else StateRefused."""
+    if not value:
+        raise StateRefused("missing")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        payload = json.loads(AESGCM(key).decrypt(raw[:_NONCE], raw[_NONCE:], aad))
+    except (ValueError, InvalidTag):  # bad base64 or JSON (ValueError), or not ours
+        raise StateRefused("forged") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int | float):
+        raise StateRefused("forged")
+    if now > payload["exp"]:
+        raise StateRefused("expired")
+    return payload

@@ -33,6 +33,7 @@ _users = User.__table__
 _keys = DataKeyRow.__table__
 _grants = BreakGlassGrant.__table__
 _TOTP_PART = "totp"
+_SELF_ENROL = "auth.totp_enrol"  # a user's own TOTP enrolment: its start and refusals (success: user.totp_enrolled)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,23 @@ class UserRow:
 
     def locked(self, now: datetime) -> bool:
         return self.locked_until is not None and now < self.locked_until
+
+
+@dataclass(frozen=True)
+class PendingTotp:
+    """A secret offered to a user enrolling their own authenticator: not stored, not yet active. The
+    web page carries it sealed (engine/web/account.py); `version` is the user row's when it was offered."""
+
+    secret: str
+    version: int
+
+    def __repr__(self) -> str:  # never the secret, should one ever be logged
+        return f"PendingTotp(version={self.version})"
+
+
+def _no_service(raw: Any) -> None:
+    if raw.role == "service":
+        raise PermanentError("service accounts do not sign in, so they have no second factor")
 
 
 def _row(r: Any) -> UserRow:
@@ -207,23 +225,87 @@ class Users:
         self.writer.write(item)
 
     def enroll_totp(self, username: str, actor: str, now: datetime | None = None) -> tuple[str, str]:
-        """A new TOTP secret, sealed under a fresh data key (the old one is shredded). Returns
-        (secret, otpauth URI): the only time either is shown."""
+        """An administrator's enrolment: a new TOTP secret, active at once. Returns (secret, otpauth
+        URI): the only time either is shown (people can enrol their own instead: `start_own_totp`)."""
         now, raw = now or utcnow(), self._require(username)
-        if raw.role == "service":
-            raise PermanentError("service accounts do not sign in, so they have no second factor")
-        secret, record_id = totp.new_secret(), new_id()
+        secret = totp.new_secret()
+        self._activate_totp(raw, secret, actor, now, counter=None, detail={})
+        return secret, totp.provisioning_uri(secret, raw.username)
+
+    def _activate_totp(self, raw: Any, secret: str, actor: str, now: datetime, *, counter: int | None,
+                       detail: dict[str, Any]) -> None:  # fmt: skip
+        """Make `secret` the user's TOTP secret: sealed under a fresh data key, the old data key deleted
+        (crypto-shredding the old secret), `counter` the last step used (None: no code used yet).
+        Guarded on the row's version (StaleWrite when it changed since `raw` was read); audited
+        `user.totp_enrolled`."""
+        _no_service(raw)
+        record_id = new_id()
         data_key = self.vault.new_data_key(record_id)
         w = data_key.wrapped
-        item = self._update(raw, actor, now, {"totp_record": record_id, "totp_counter": None,
+        item = self._update(raw, actor, now, {"totp_record": record_id, "totp_counter": counter,
                                               "totp_sealed": self.vault.seal(data_key, _TOTP_PART, secret.encode())})
         item.inserts.append((_keys, {"record_id": record_id, "kek_id": w.kek_id, "kek_version": w.kek_version,
                                      "wrapped": w.wrapped, "created_at": now}))  # fmt: skip
         if raw.totp_record:
             item.statements.append((_DELETE_KEY, {"k_record": raw.totp_record}))
-        self._audit(item, "user.totp_enrolled", actor, raw.username, detail={"replaced": raw.totp_record is not None})
+        self._audit(item, "user.totp_enrolled", actor, raw.username,
+                    detail={"replaced": raw.totp_record is not None, **detail})  # fmt: skip
         self.writer.write(item)
-        return secret, totp.provisioning_uri(secret, raw.username)
+
+    # self-service enrolment (engine/web/account.py): re-authenticate, then prove the new authenticator works
+
+    def start_own_totp(self, username: str, current: str, code: str | None, now: datetime | None = None,
+                       peer: str | None = None) -> Refusal | PendingTotp:  # fmt: skip
+        """A signed-in user asks to set up (or replace) their own authenticator: the password first (a
+        wrong one counts toward the lockout, as at sign-in), then, when one is enrolled, its current
+        code (checked and used up like a sign-in's). Returns a new secret that is NOT stored: it becomes
+        active through `confirm_own_totp` with a code it makes. Refusals are audited `auth.totp_enrol`."""
+        now, raw = now or utcnow(), self._require(username)
+        _no_service(raw)
+        refuse = functools.partial(self.refuse, raw, now=now, peer=peer, action=_SELF_ENROL,
+                                   detail={"step": "start"})  # fmt: skip
+        locked = raw.locked_until
+        if locked is not None and now < locked:
+            self.passwords.dummy_verify(current)
+            return refuse("locked")
+        if raw.password_hash is None or not self.passwords.verify(raw.password_hash, current):
+            return refuse("bad_password", count=True)
+        item = WriteItem()
+        if raw.totp_sealed is not None:
+            reason, item = self.check_totp(raw, code, now)
+            if reason is not None:
+                return refuse(reason, count=reason in ("bad_totp", "totp_replayed"))
+        item.audit.append(self.event(_SELF_ENROL, actor=f"user:{raw.username}", peer=peer,
+                                     record_ids=[f"user:{raw.username}"],
+                                     detail={"step": "start", "enrolled": raw.totp_sealed is not None}))  # fmt: skip
+        try:
+            self.writer.write(item)
+        except StaleWrite:  # a racing request used the same step
+            return refuse("totp_replayed", count=True)
+        return PendingTotp(totp.new_secret(), raw.version)
+
+    def confirm_own_totp(self, username: str, pending: PendingTotp, code: str | None, now: datetime | None = None,
+                         peer: str | None = None) -> Refusal | None:  # fmt: skip
+        """Make the pending secret the user's own once `code` (from the new authenticator) verifies: as
+        `enroll_totp` does, with the code's step recorded as used so it cannot sign in again. Refused
+        (`pending_stale`) when the account changed since the start, e.g. an administrator enrolled
+        a secret meanwhile or this one was already confirmed. A wrong code does not count toward the
+        lockout: it guesses nothing (the secret is on the page). None when done."""
+        now, raw = now or utcnow(), self._require(username)
+        _no_service(raw)
+        refuse = functools.partial(self.refuse, raw, now=now, peer=peer, action=_SELF_ENROL,
+                                   detail={"step": "confirm"})  # fmt: skip
+        if raw.version != pending.version:
+            return refuse("pending_stale")
+        check = totp.verify(pending.secret, code, now, None)
+        if not check.ok:
+            return refuse("bad_totp")
+        try:
+            self._activate_totp(raw, pending.secret, f"user:{raw.username}", now, counter=check.counter,
+                                detail={"self": True})  # fmt: skip
+        except StaleWrite:
+            return refuse("pending_stale")
+        return None
 
     # sign-in
 
@@ -236,8 +318,10 @@ class Users:
         return self.vault.open(data_key, _TOTP_PART, raw.totp_sealed).decode()
 
     def refuse(self, raw: Any, reason: str, now: datetime, peer: str | None, *, action: str = "auth.login",
-               count: bool = False, purpose: str | None = None) -> Refusal:  # fmt: skip
-        """Audit a refusal; with `count`, it is a guess: count it and lock out at the threshold."""
+               count: bool = False, purpose: str | None = None,
+               detail: dict[str, Any] | None = None) -> Refusal:  # fmt: skip
+        """Audit a refusal (the reason code and `detail`); with `count`, it is a guess: count it and lock
+        out at the threshold."""
         item, locked = WriteItem(), None
         actor = f"user:{raw.username}" if raw is not None else "anonymous"
         if raw is not None and count:
@@ -252,7 +336,7 @@ class Users:
             locked = raw.locked_until
         outcome = "failure" if action == "auth.login" else "denied"
         item.audit.insert(0, self.event(action, actor=actor, outcome=outcome, peer=peer, purpose=purpose,
-                                        detail={"reason": reason}))
+                                        detail={"reason": reason, **(detail or {})}))
         self.writer.write(item)
         return Refusal(reason, locked)
 

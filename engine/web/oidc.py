@@ -32,8 +32,6 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import jwt
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -42,6 +40,7 @@ from engine.config.tls import ClientTls
 from engine.core.errors import ConfigError
 from engine.security.tls import client_context_for
 from engine.security.users import Refusal
+from engine.security.vault import StateRefused, open_state, seal_state
 from engine.web.auth import peer, site_of
 from engine.web.login import safe_next, set_session_cookie
 from engine.web.pages import render
@@ -84,10 +83,6 @@ class OidcFailure(Exception):
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @dataclass
@@ -192,25 +187,14 @@ def _state_cookie(request: Request) -> str:
 
 
 def _seal(site: Site, payload: dict[str, Any]) -> str:
-    nonce = os.urandom(12)
-    sealed = AESGCM(site.ctx.keyring.derived_key("web:oidc")).encrypt(nonce, json.dumps(payload).encode(), _AAD)
-    return _b64url(nonce + sealed)
+    return seal_state(site.ctx.keyring.derived_key("web:oidc"), payload, _AAD)
 
 
 def _unseal(site: Site, value: str | None) -> dict[str, Any]:
-    if not value:
-        raise OidcFailure("state_missing")
     try:
-        raw = _unb64url(value)
-        plain = AESGCM(site.ctx.keyring.derived_key("web:oidc")).decrypt(raw[:12], raw[12:], _AAD)
-        payload = json.loads(plain)
-    except (ValueError, InvalidTag) as exc:
-        raise OidcFailure("state_forged") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int | float):
-        raise OidcFailure("state_forged")
-    if time.time() > payload["exp"]:
-        raise OidcFailure("state_expired")
-    return payload
+        return open_state(site.ctx.keyring.derived_key("web:oidc"), value, _AAD, time.time())
+    except StateRefused as exc:  # state_missing, state_forged, state_expired
+        raise OidcFailure(f"state_{exc.reason}") from None
 
 
 def _forget_state(request: Request, response: Response) -> None:
