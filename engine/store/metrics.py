@@ -13,20 +13,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, func, select
 
 from engine.config.auth import SessionPolicy
-from engine.store.stats import backlog, id_time, recent
-from engine.store.tables import (
-    AuditCheckpoint,
-    AuditRow,
-    BreakGlassGrant,
-    Delivery,
-    InferenceJob,
-    Message,
-    Study,
-    UserSession,
-)
+from engine.store.stats import BACKLOG, channel_stats_on
+from engine.store.tables import AuditCheckpoint, AuditRow, BreakGlassGrant, InferenceJob, Study, UserSession
 
-_messages, _deliveries, _jobs, _studies = (Message.__table__, Delivery.__table__, InferenceJob.__table__,
-                                           Study.__table__)  # fmt: skip
+_jobs, _studies = InferenceJob.__table__, Study.__table__
 _audit, _checkpoints = AuditRow.__table__, AuditCheckpoint.__table__
 MESSAGES_WINDOW = timedelta(hours=24)
 _grants, _sessions = BreakGlassGrant.__table__, UserSession.__table__
@@ -36,7 +26,7 @@ _grants, _sessions = BreakGlassGrant.__table__, UserSession.__table__
 class Snapshot:
     messages: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, status)
     deliveries: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (channel, destination, status)
-    backlog: dict[tuple[str, str, str], int] = field(default_factory=dict)  # same key, BACKLOG states only
+    backlog: dict[tuple[str, str, str], int] = field(default_factory=dict)  # same key: queued, dead, however old
     oldest_queued: dict[tuple[str, str], float] = field(default_factory=dict)  # (channel, destination) -> s
     jobs: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (model, version, state)
     studies: dict[str, int] = field(default_factory=dict)  # state
@@ -61,21 +51,16 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
     idle_since = now - timedelta(minutes=sessions.idle_minutes)
     born_since = now - timedelta(hours=sessions.absolute_hours)
     with db.connect() as conn:
-        # Messages and their deliveries of the last day only: a count over the whole store would read
-        # every row at each scrape (a busy feed keeps millions); the window is a primary-key range.
-        since = now - MESSAGES_WINDOW
-        m = recent("day_messages", _messages.c.id, since, _messages.c.channel, _messages.c.status).c
-        q = select(m.channel, m.status, func.count()).group_by(m.channel, m.status)
-        found.messages = {(c, s): n for c, s, n in conn.execute(q)}
-        d = _deliveries.c
-        w = recent("day_deliveries", d.message_id, since, d.channel, d.destination, d.status).c
-        q = select(w.channel, w.destination, w.status, func.count()).group_by(w.channel, w.destination, w.status)
-        found.deliveries = {(c, t, s): n for c, t, s, n in conn.execute(q)}
-        for (channel, destination), states in backlog(conn).items():
-            for status, (count, first) in states.items():
-                found.backlog[(channel, destination, status)] = count
-                if status == "queued" and (born := id_time(first)) is not None:
-                    found.oldest_queued[(channel, destination)] = max(0.0, (now - born).total_seconds())
+        # The last day of messages and deliveries (a count over the whole store would read every row at
+        # each scrape: a busy feed keeps millions), and the queued and dead ones however old: the
+        # channels view's own counts (engine.store.stats), which read ranges only.
+        for name, stats in channel_stats_on(conn, now - MESSAGES_WINDOW).items():
+            found.messages.update({(name, status): n for status, n in stats.messages.items()})
+            for destination, queue in stats.queues.items():
+                for status, n in queue.counts.items():
+                    (found.backlog if status in BACKLOG else found.deliveries)[(name, destination, status)] = n
+                if (age := queue.age_s(now)) is not None:
+                    found.oldest_queued[(name, destination)] = age
         j = _jobs.c
         q = select(j.model, j.model_version, j.state, func.count()).group_by(j.model, j.model_version, j.state)
         found.jobs = {(m, v, s): n for m, v, s, n in conn.execute(q)}
@@ -96,4 +81,3 @@ def snapshot(db: Engine, now: datetime, sessions: SessionPolicy) -> Snapshot:
             .where(s.ended_at.is_(None), s.last_seen_at > idle_since, s.created_at > born_since)
         ).scalar_one()  # fmt: skip
     return found
-

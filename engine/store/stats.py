@@ -106,6 +106,12 @@ class ChannelStats:
 def channel_stats(engine: Engine, since: datetime | None = None) -> dict[str, ChannelStats]:
     """Per channel: messages by status and each destination's deliveries by status (received since
     `since` when given, all time otherwise), with the queued and dead ones counted however old."""
+    with engine.connect() as conn:
+        return channel_stats_on(conn, since)
+
+
+def channel_stats_on(conn: Connection, since: datetime | None = None) -> dict[str, ChannelStats]:
+    """`channel_stats` on an open connection (a metrics snapshot reads everything on one)."""
     m: Any = _messages.c
     d: Any = _deliveries.c
     if since is not None:
@@ -119,18 +125,17 @@ def channel_stats(engine: Engine, since: datetime | None = None) -> dict[str, Ch
         stats = found.setdefault(channel, ChannelStats(channel))
         return stats.queues.setdefault(destination, QueueStats(destination))
 
-    with engine.connect() as conn:
-        for channel, status, count in conn.execute(by_status):
-            found.setdefault(channel, ChannelStats(channel)).messages[status] = count
-        for channel, destination, status, count in conn.execute(by_queue):
-            if status not in BACKLOG:
-                queue(channel, destination).counts[status] = count
-        for (channel, destination), states in backlog(conn).items():
-            waiting = queue(channel, destination)
-            for status, (count, oldest) in states.items():
-                waiting.counts[status] = count
-                if status == "queued":
-                    waiting.oldest_queued, waiting.oldest_queued_at = oldest, id_time(oldest)
+    for channel, status, count in conn.execute(by_status):
+        found.setdefault(channel, ChannelStats(channel)).messages[status] = count
+    for channel, destination, status, count in conn.execute(by_queue):
+        if status not in BACKLOG:
+            queue(channel, destination).counts[status] = count
+    for (channel, destination), states in backlog(conn).items():
+        waiting = queue(channel, destination)
+        for status, (count, oldest) in states.items():
+            waiting.counts[status] = count
+            if status == "queued":
+                waiting.oldest_queued, waiting.oldest_queued_at = oldest, id_time(oldest)
     return found
 
 

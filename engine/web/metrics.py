@@ -62,7 +62,8 @@ class StoreCollector(Collector):
         snap = self._snapshot()
         yield _gauge("radbridge_messages", "Messages received in the last 24 hours, by status now.",
                      ["channel", "status"], snap.messages)  # fmt: skip
-        yield _gauge("radbridge_deliveries", "Deliveries of messages received in the last 24 hours, by status now.",
+        yield _gauge("radbridge_deliveries", "Deliveries of messages received in the last 24 hours, by status now "
+                     "(queued and dead: radbridge_delivery_backlog).",
                      ["channel", "destination", "status"], snap.deliveries)  # fmt: skip
         yield _gauge("radbridge_delivery_backlog", "Deliveries still queued or dead, however old (absent: none).",
                      ["channel", "destination", "status"], snap.backlog)  # fmt: skip
