@@ -4,6 +4,7 @@ states, listener TLS, statistics from the store, and stop/start through the Engi
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,7 +78,8 @@ def test_uuid7_time_bounds() -> None:
     assert id_time("not-an-id") is None
 
 
-def test_stop_and_start_through_the_engine_audited(world: OpsWorld) -> None:
+def test_stop_and_start_through_the_engine_audited(world: OpsWorld, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     analyst = world.web.session("integration_analyst")
     response = analyst.post("/api/channels/ris-orders/stop")
     assert response.status_code == 200 and response.json() == {"name": "ris-orders", "running": False, "changed": True}
@@ -92,6 +94,7 @@ def test_stop_and_start_through_the_engine_audited(world: OpsWorld) -> None:
         [row] = world.audit(action)
         assert row.actor == "user:integration-analyst" and json.loads(row.record_ids) == ["ris-orders"]
         assert row.peer and row.peer.startswith("127.0.0.1:") and row.outcome == "success"
+    assert "ris-orders stopped" in caplog.text and "integration-analyst" not in caplog.text  # usernames: audit only
 
 
 def test_a_channel_an_operator_stopped_stays_stopped_through_a_reload(world: OpsWorld) -> None:
